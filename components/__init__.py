@@ -1,0 +1,1 @@
+"""Pluggable backends for Pillion's building blocks, one module per Dapr component type."""

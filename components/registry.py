@@ -1,0 +1,27 @@
+"""Dapr component type name -> implementing class. Adding a component is one line here.
+
+Modules are imported on first use, so a sidecar that uses no Redis never imports the Redis client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_COMPONENTS: dict[str, str] = {
+    "state.in-memory": "components.state.in_memory:InMemoryStateStore",
+    "state.sqlite": "components.state.sqlite:SQLiteStateStore",
+    "state.redis": "components.state.redis:RedisStateStore",
+}
+
+
+def known_types() -> list[str]:
+    return sorted(_COMPONENTS)
+
+
+def component_class(type_name: str) -> Any | None:
+    target = _COMPONENTS.get(type_name)
+    if target is None:
+        return None
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

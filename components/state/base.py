@@ -1,0 +1,97 @@
+"""The state store interface, after components-contrib's ``state.Store`` and its feature flags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar, Protocol, runtime_checkable
+
+from components.base import Component
+from components.state.query import Query, QueryPage
+
+
+class StateFeature(StrEnum):
+    ETAG = "ETAG"
+    TRANSACTIONAL = "TRANSACTIONAL"
+    TTL = "TTL"
+    QUERY_API = "QUERY_API"
+
+
+class ETagMismatch(Exception):
+    """The etag sent does not match the stored one (or the key does not exist)."""
+
+    def __init__(self, key: str, detail: str = "etag mismatch") -> None:
+        super().__init__(detail)
+        self.key = key
+
+
+class ETagInvalid(Exception):
+    """The etag sent cannot be an etag of this store (for example not a number on Redis)."""
+
+    def __init__(self, key: str, detail: str = "invalid etag value") -> None:
+        super().__init__(detail)
+        self.key = key
+
+
+@dataclass(slots=True)
+class StoredItem:
+    data: bytes
+    etag: str | None = None
+    expires_at: datetime | None = None  # UTC
+
+
+@dataclass(slots=True)
+class SetOp:
+    key: str
+    value: bytes
+    etag: str | None = None
+    first_write: bool = False
+    # None: the store's default TTL (if any); <= 0: no expiry; > 0: seconds from now.
+    ttl: int | None = None
+
+
+@dataclass(slots=True)
+class DeleteOp:
+    key: str
+    etag: str | None = None
+
+
+Operation = SetOp | DeleteOp
+
+
+class StateStore(Component, Protocol):
+    """Keys handed to a store already carry the runtime's key prefix.
+
+    ETag rules common to every Pillion store (stricter than some Dapr stores, see docs/state.md):
+    an etag, when given, is always checked; an etag on a missing key is a mismatch; first-write
+    without an etag succeeds only when the key does not exist (or has expired).
+    """
+
+    features: ClassVar[frozenset[StateFeature]]
+
+    async def get(self, key: str) -> StoredItem | None: ...
+
+    async def bulk_get(self, keys: Sequence[str]) -> list[StoredItem | None]: ...
+
+    async def set(self, op: SetOp) -> None:
+        """Raise ETagMismatch or ETagInvalid when the etag check fails."""
+
+    async def delete(self, op: DeleteOp) -> None:
+        """Raise ETagMismatch or ETagInvalid when the etag check fails."""
+
+
+@runtime_checkable
+class TransactionalStateStore(StateStore, Protocol):
+    max_operations: int | None
+
+    async def transact(self, ops: Sequence[Operation]) -> None:
+        """Apply every operation in order, or none of them. Etags are checked against the state
+        as the earlier operations of the same transaction leave it."""
+
+
+@runtime_checkable
+class QueryableStateStore(StateStore, Protocol):
+    async def query(self, key_prefix: str, query: Query) -> QueryPage:
+        """Run ``query`` over the live items whose stored key starts with ``key_prefix``."""

@@ -1,0 +1,3 @@
+"""Pillion: a Dapr-compatible capability sidecar."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The Dapr HTTP API: wire format in, building-block calls out."""

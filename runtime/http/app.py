@@ -1,0 +1,133 @@
+"""The Starlette application: routes, Dapr path rules, the fallback route and error rendering."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runtime.errors import APIError, direct_invoke_missing_app_id
+from runtime.http import runtime_api, state
+from runtime.http.wire import PathUnescapeError, error_response
+
+if TYPE_CHECKING:
+    from runtime.sidecar import Sidecar
+
+log = logging.getLogger("pillion.http")
+Endpoint = Callable[[Request], Awaitable[Response]]
+VERSIONS = ("v1.0", "v1.0-alpha1", "v1.0-alpha2", "v1.0-beta1")
+
+
+class DaprRoute(Route):
+    """A route whose method mismatch is a plain miss.
+
+    daprd registers its fallback as both the not-found and the method-not-allowed handler, so a
+    known path with the wrong method must reach the fallback, not a 405.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.PARTIAL:
+            return Match.NONE, {}
+        return match, child
+
+
+class DaprPathMiddleware:
+    """Route on the raw path, cleaned as daprd cleans it.
+
+    Matching the still-escaped path keeps ``%2F`` inside one path parameter; the endpoints then
+    query-unescape each parameter (``wire.path_param``). Repeated slashes collapse and a trailing
+    slash is dropped.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            path = raw.split(b"?", 1)[0].decode("latin-1")
+            if "//" in path:
+                path = "/" + "/".join(part for part in path.split("/") if part)
+            if len(path) > 1 and path.endswith("/"):
+                path = path.rstrip("/") or "/"
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
+async def fallback(request: Request) -> Response:
+    """Unknown paths and wrong methods land here, as service invocation does in daprd."""
+    target = request.headers.get("dapr-app-id")
+    if not target:
+        return error_response(direct_invoke_missing_app_id())
+    return error_response(
+        APIError(
+            500,
+            "ERR_DIRECT_INVOKE",
+            f"failed to invoke, id: {target}, err: service invocation is not available in Pillion",
+        )
+    )
+
+
+async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
+    response = await fallback(Request(scope, receive))
+    await response(scope, receive, send)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _unescape_error(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(f"failed to unescape path parameter: {exc}", 400)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(APIError(500, "ERR_INTERNAL", "internal error; see the sidecar log"))
+
+
+def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.0") -> BaseRoute:
+    return DaprRoute(f"/{version}{path}", endpoint, methods=methods)
+
+
+def state_routes() -> list[BaseRoute]:
+    write = ["POST", "PUT"]
+    return [
+        route("/state/{store}", state.save_state, write),
+        route("/state/{store}/bulk", state.bulk_get_state, write),
+        route("/state/{store}/transaction", state.transaction, write),
+        route("/state/{store}/{key}", state.get_state, ["GET"]),
+        route("/state/{store}/{key}", state.delete_state, ["DELETE"]),
+        route("/state/{store}/query", state.query_state, write, version="v1.0-alpha1"),
+    ]
+
+
+def runtime_routes() -> list[BaseRoute]:
+    return [
+        route("/healthz", runtime_api.healthz, ["GET"]),
+        route("/healthz/outbound", runtime_api.healthz_outbound, ["GET"]),
+        route("/metadata", runtime_api.metadata, ["GET"]),
+    ]
+
+
+def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        APIError: _api_error,
+        PathUnescapeError: _unescape_error,
+        Exception: _unexpected,
+    }
+    routes = runtime_routes() + state_routes() + (extra_routes or [])
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.router.default = _fallback_app
+    app.router.redirect_slashes = False  # DaprPathMiddleware already cleaned the path
+    app.state.sidecar = sidecar
+    app.state.max_body_size = sidecar.options.max_body_size
+    return DaprPathMiddleware(app)

@@ -1,0 +1,44 @@
+"""Runtime endpoints (reference section 5): health and metadata."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.errors import APIError
+from runtime.http.wire import json_response, no_content
+
+if TYPE_CHECKING:
+    from runtime.sidecar import Sidecar
+
+
+def _sidecar(request: Request) -> Sidecar:
+    sidecar: Sidecar = request.app.state.sidecar
+    return sidecar
+
+
+async def healthz(request: Request) -> Response:
+    sidecar = _sidecar(request)
+    wanted = request.query_params.get("appid")
+    if wanted is not None and wanted != sidecar.options.app_id:
+        raise APIError(
+            500,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            f"dapr app-id does not match: expected {sidecar.options.app_id}",
+        )
+    waiting = sidecar.not_ready()
+    if waiting:
+        raise APIError(500, "ERR_HEALTH_NOT_READY", f"dapr is not ready: [{' '.join(waiting)}]")
+    return no_content()
+
+
+async def healthz_outbound(request: Request) -> Response:
+    if not _sidecar(request).components_ready:
+        raise APIError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+    return no_content()
+
+
+async def metadata(request: Request) -> Response:
+    return json_response(_sidecar(request).metadata())

@@ -1,0 +1,193 @@
+"""State endpoints (reference section 1): parse Dapr's wire format, call the state block."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from components.state.base import StoredItem
+from runtime.errors import APIError, malformed
+from runtime.http.wire import (
+    JSON,
+    decode_json,
+    encode_value,
+    field,
+    no_content,
+    optional_string,
+    path_param,
+    query_metadata,
+    raw_json,
+    read_body,
+    string_map,
+)
+from runtime.state import DeleteItem, SaveItem, StateBlock
+
+
+def _block(request: Request) -> StateBlock:
+    block: StateBlock = request.app.state.sidecar.state
+    return block
+
+
+def _expire_text(item: StoredItem) -> str | None:
+    if item.expires_at is None:
+        return None
+    return item.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _save_item(raw: Any, query_meta: dict[str, str]) -> SaveItem:
+    if not isinstance(raw, dict):
+        raise malformed("failed deserializing HTTP body: each state item must be an object")
+    key = field(raw, "key")
+    if key is None or key == "":
+        raise malformed('"key" is a required field')
+    if not isinstance(key, str):
+        raise malformed("failed deserializing HTTP body: key must be a string")
+    etag = optional_string(field(raw, "etag"), "etag")
+    metadata = string_map(field(raw, "metadata"), "metadata")
+    if query_meta:
+        metadata = {**metadata, **query_meta}
+    options = field(raw, "options")
+    if options is not None and not isinstance(options, dict):
+        raise malformed("failed deserializing HTTP body: options must be an object")
+    options = options or {}
+    return SaveItem(
+        key=key,
+        value=encode_value(field(raw, "value")),
+        etag=etag or None,
+        metadata=metadata,
+        concurrency=optional_string(field(options, "concurrency"), "options.concurrency"),
+        consistency=optional_string(field(options, "consistency"), "options.consistency"),
+    )
+
+
+async def get_state(request: Request) -> Response:
+    store = path_param(request, "store")
+    key = path_param(request, "key")
+    item = await _block(request).get(store, key)
+    if item is None:
+        return no_content()
+    headers: dict[str, str] = {}
+    if item.etag is not None:
+        headers["etag"] = item.etag
+    expire = _expire_text(item)
+    if expire is not None:
+        headers["metadata.ttlExpireTime"] = expire
+    return Response(item.data, 200, headers, media_type=JSON)
+
+
+async def save_state(request: Request) -> Response:
+    store = path_param(request, "store")
+    block = _block(request)
+    block.entry(store)
+    body = decode_json(await read_body(request))
+    if not isinstance(body, list):
+        raise malformed("failed deserializing HTTP body: expected an array of state items")
+    query_meta = query_metadata(request)
+    items = [_save_item(raw, query_meta) for raw in body]
+    if items:
+        await block.save(store, items)
+    return no_content()
+
+
+async def delete_state(request: Request) -> Response:
+    store = path_param(request, "store")
+    key = path_param(request, "key")
+    params = request.query_params
+    item = DeleteItem(
+        key=key,
+        etag=request.headers.get("if-match") or None,
+        metadata=query_metadata(request),
+        concurrency=params.get("concurrency", ""),
+        consistency=params.get("consistency", ""),
+    )
+    await _block(request).delete(store, item)
+    return no_content()
+
+
+async def bulk_get_state(request: Request) -> Response:
+    store = path_param(request, "store")
+    block = _block(request)
+    block.entry(store)
+    body = decode_json(await read_body(request))
+    if not isinstance(body, dict):
+        raise malformed("failed deserializing HTTP body: expected an object with keys")
+    keys = field(body, "keys") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise malformed("failed deserializing HTTP body: keys must be an array of strings")
+    string_map(field(body, "metadata"), "metadata")
+    parallelism = field(body, "parallelism")
+    if parallelism is not None and (not isinstance(parallelism, int) or isinstance(parallelism, bool)):
+        raise malformed("failed deserializing HTTP body: parallelism must be an integer")
+    items = await block.bulk_get(store, keys)
+    # Built by hand so that stored JSON is embedded as it is, not parsed and re-encoded.
+    parts: list[bytes] = []
+    for key, item in zip(keys, items, strict=True):
+        entry = b'{"key":' + json.dumps(key, ensure_ascii=False).encode()
+        if item is not None:
+            entry += b',"data":' + raw_json(item.data)
+            if item.etag:
+                entry += b',"etag":' + json.dumps(item.etag).encode()
+            expire = _expire_text(item)
+            if expire is not None:
+                entry += b',"metadata":{"ttlExpireTime":"' + expire.encode() + b'"}'
+        parts.append(entry + b"}")
+    return Response(b"[" + b",".join(parts) + b"]\n", 200, media_type=JSON)
+
+
+async def transaction(request: Request) -> Response:
+    store = path_param(request, "store")
+    block = _block(request)
+    block.entry(store)
+    body = decode_json(await read_body(request))
+    if not isinstance(body, dict):
+        raise malformed("failed deserializing HTTP body: expected an object with operations")
+    raw_ops = field(body, "operations") or []
+    if not isinstance(raw_ops, list):
+        raise malformed("failed deserializing HTTP body: operations must be an array")
+    string_map(field(body, "metadata"), "metadata")
+    block.transactional(store)
+    query_meta = query_metadata(request)
+    ops: list[SaveItem | DeleteItem] = []
+    for raw in raw_ops:
+        if not isinstance(raw, dict):
+            raise malformed("failed deserializing HTTP body: each operation must be an object")
+        kind = optional_string(field(raw, "operation"), "operation")
+        request_body = field(raw, "request")
+        if kind not in ("upsert", "delete"):
+            raise APIError(
+                400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported"
+            )
+        item = _save_item(request_body, query_meta)
+        if kind == "upsert":
+            ops.append(item)
+        else:
+            ops.append(
+                DeleteItem(item.key, item.etag, item.metadata, item.concurrency, item.consistency)
+            )
+    if ops:
+        await block.transact(store, ops)
+    return no_content()
+
+
+async def query_state(request: Request) -> Response:
+    store = path_param(request, "store")
+    block = _block(request)
+    block.entry(store)
+    page = await block.query(store, await read_body(request))
+    if not page.results:
+        return no_content()
+    parts: list[bytes] = []
+    for result in page.results:
+        entry = b'{"key":' + json.dumps(result.key, ensure_ascii=False).encode()
+        entry += b',"data":' + raw_json(result.data)
+        if result.etag:
+            entry += b',"etag":' + json.dumps(result.etag).encode()
+        parts.append(entry + b"}")
+    body = b'{"results":[' + b",".join(parts) + b"]"
+    if page.token:
+        body += b',"token":' + json.dumps(page.token).encode()
+    return Response(body + b"}\n", 200, media_type=JSON)
+

@@ -1,0 +1,138 @@
+"""Dapr wire-format helpers shared by the endpoint modules: bodies, JSON, metadata, responses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.errors import APIError, malformed
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+JSON = "application/json"
+
+
+class PathUnescapeError(ValueError):
+    """A path parameter with a broken %-escape: daprd answers 400 in plain text."""
+
+
+def path_param(request: Request, name: str) -> str:
+    """Path parameters are query-unescaped as daprd does: ``%2F`` is ``/`` and ``+`` a space."""
+    raw: str = request.path_params[name]
+    if "%" not in raw and "+" not in raw:
+        return raw
+    if _BAD_ESCAPE.search(raw):
+        raise PathUnescapeError(raw)
+    return unquote_plus(raw)
+
+
+def query_metadata(request: Request) -> dict[str, str]:
+    """``metadata.<k>=<v>`` query values, the first value of a repeated key winning."""
+    if not request.scope["query_string"]:
+        return {}
+    found: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata.") and key[9:] not in found:
+            found[key[9:]] = value
+    return found
+
+
+async def read_body(request: Request) -> bytes:
+    limit: int = request.app.state.max_body_size
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413, "ERR_BODY_READ", f"request body is larger than the limit of {limit} bytes (--max-body-size)"
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON value {name}")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a request body as daprd does (strict JSON: no NaN, no trailing commas)."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise malformed(f"failed deserializing HTTP body: {exc}") from None
+
+
+def field(obj: Mapping[str, Any], name: str) -> Any:
+    """Look up a JSON field case-insensitively, as Go's encoding/json matches struct fields."""
+    if name in obj:
+        return obj[name]
+    lowered = name.lower()
+    for key, value in obj.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def string_map(value: Any, what: str) -> dict[str, str]:
+    """A JSON ``map[string]string``: null means empty; any non-string value is a type error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise malformed(f"failed deserializing HTTP body: {what} must be an object of strings")
+    return value
+
+
+def optional_string(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise malformed(f"failed deserializing HTTP body: {what} must be a string")
+    return value
+
+
+def encode_value(value: Any) -> bytes:
+    """How a state value is stored: compact JSON with sorted keys, as daprd re-encodes it."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    # daprd writes these bodies with Go's json.Encoder: compact, sorted keys, trailing newline.
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return Response(body.encode(), status, dict(headers) if headers else None, media_type=JSON)
+
+
+def raw_json(data: bytes) -> bytes:
+    """Stored bytes as a JSON value to embed in a response (base64 text if they are not JSON)."""
+    try:
+        json.loads(data)
+    except ValueError:
+
+
+        return json.dumps(base64.b64encode(data).decode()).encode()
+    return data
+
+
+NO_CONTENT = 204
+
+
+def no_content() -> Response:
+    return Response(status_code=NO_CONTENT)
+
+
+def error_response(error: APIError) -> Response:
+    body = json.dumps(error.body(), separators=(",", ":"), ensure_ascii=False)
+    return Response(body.encode(), error.status, media_type=JSON)

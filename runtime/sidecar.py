@@ -1,0 +1,271 @@
+"""The sidecar process: options, component life cycle, readiness, and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from components import registry
+from components.base import Component, ComponentContext
+from components.state.base import StateStore
+from runtime import __version__
+from runtime.resources import ComponentResource, ResourceError, load_components, validate_component
+from runtime.state import StateBlock, StoreEntry, key_prefix
+
+log = logging.getLogger("pillion")
+
+
+@dataclass
+class SidecarOptions:
+    app_id: str
+    http_port: int = 3500
+    host: str = "127.0.0.1"
+    resources_paths: list[Path] = field(default_factory=list)
+    app_port: int | None = None
+    app_channel_address: str = "127.0.0.1"
+    max_body_size: int = 4 * 1024 * 1024
+    data_dir: Path | None = None
+    log_level: str = "info"
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or Path.home() / ".pillion" / self.app_id
+
+
+@dataclass
+class LoadedComponent:
+    resource: ComponentResource
+    instance: Component
+    metadata: dict[str, Any]
+    capabilities: list[str] = field(default_factory=list)
+
+
+def default_components(options: SidecarOptions) -> list[ComponentResource]:
+    """With no resources path: a durable SQLite state store named ``statestore``."""
+    data_dir = options.resolved_data_dir
+    return [
+        ComponentResource(
+            name="statestore",
+            type="state.sqlite",
+            version="v1",
+            metadata={"connectionString": str(data_dir / "state.db")},
+            file=Path("<embedded default>"),
+        )
+    ]
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the user sees."""
+
+
+class Sidecar:
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.components: list[LoadedComponent] = []
+        self.state = StateBlock(options.app_id, [])
+        self.components_ready = False
+        self.app_reachable = options.app_port is None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- start and stop ------------------------------------------------------------------------
+
+    def load_resources(self) -> list[ComponentResource]:
+        if self.options.resources_paths:
+            return load_components(self.options.resources_paths, self.options.app_id)
+        defaults = default_components(self.options)
+        for resource in defaults:
+            validate_component(resource)
+        return defaults
+
+    async def start_components(self, resources: list[ComponentResource]) -> None:
+        data_dir = self.options.resolved_data_dir
+        stores: list[StoreEntry] = []
+        for resource in resources:
+            loaded = await self._init_component(resource, data_dir)
+            if loaded is None:
+                continue
+            self.components.append(loaded)
+            if resource.building_block == "state":
+                store: StateStore = loaded.instance  # type: ignore[assignment]
+                strategy = str(loaded.metadata["keyPrefix"])
+                try:
+                    prefix = key_prefix(strategy, self.options.app_id, resource.name)
+                except ValueError as exc:
+                    raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
+                stores.append(StoreEntry(resource.name, store, prefix))
+                loaded.capabilities = StateBlock.capabilities(store)
+        self.state = StateBlock(self.options.app_id, stores)
+        self.components_ready = True
+
+    async def _init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
+        cls = registry.component_class(resource.type)
+        metadata = validate_component(resource)
+        context = ComponentContext(resource.name, self.options.app_id, data_dir, resource.file.parent)
+        try:
+            instance: Component = cls(metadata, context)
+            await asyncio.wait_for(instance.init(), resource.init_timeout)
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                problem = f"init did not finish within {resource.init_timeout:g}s (spec.initTimeout)"
+            line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
+            if resource.ignore_errors:
+                log.warning("%s (ignored: ignoreErrors is true)", line)
+                return None
+            raise StartupError(line) from None
+        log.info("component %s (%s) is ready", resource.name, resource.type)
+        return LoadedComponent(resource, instance, metadata)
+
+    async def stop_components(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for loaded in reversed(self.components):
+            try:
+                await loaded.instance.close()
+            except Exception as exc:
+                log.warning("closing component %s failed: %s", loaded.resource.name, exc)
+        self.components.clear()
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _wait_for_app_port(self) -> None:
+        assert self.options.app_port is not None
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(
+                    self.options.app_channel_address, self.options.app_port
+                )
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            self.app_reachable = True
+            log.info("app is reachable on port %d", self.options.app_port)
+            return
+
+    # --- runtime information -------------------------------------------------------------------
+
+    def not_ready(self) -> list[str]:
+        waiting = []
+        if not self.components_ready:
+            waiting.append("components")
+        if not self.app_reachable:
+            waiting.append("app")
+        return waiting
+
+    def metadata(self) -> dict[str, Any]:
+        version = f"pillion-{__version__}"
+        app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
+        if self.options.app_port is not None:
+            app["port"] = self.options.app_port
+        body: dict[str, Any] = {
+            "id": self.options.app_id,
+            "runtimeVersion": version,
+            "extended": {"daprRuntimeVersion": version},
+            "appConnectionProperties": app,
+            "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False},
+        }
+        components = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                **({"capabilities": c.capabilities} if c.capabilities else {}),
+            }
+            for c in self.components
+        ]
+        if components:
+            body["components"] = components
+        return body
+
+    # --- serving -------------------------------------------------------------------------------
+
+    def bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.options.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.options.host, self.options.http_port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(
+                f"cannot listen on {self.options.host}:{self.options.http_port}: {exc.strerror}"
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    async def serve(self) -> None:
+        """Start components, then serve until SIGINT/SIGTERM, then close everything."""
+        from runtime.http.app import create_app
+
+        resources = self.load_resources()
+        sock = self.bind()
+        server = _Server(
+            uvicorn.Config(
+                create_app(self),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                http="httptools",
+                timeout_graceful_shutdown=5,
+                server_header=False,
+            )
+        )
+        try:
+            await self.start_components(resources)
+            if self.options.app_port is not None:
+                self.spawn(self._wait_for_app_port())
+            log.info(
+                "pillion %s serving app %r on http://%s:%d",
+                __version__,
+                self.options.app_id,
+                self.options.host,
+                self.options.http_port,
+            )
+            with server.stop_on_signals():
+                await server.serve(sockets=[sock])
+        finally:
+            await self.stop_components()
+            sock.close()
+            log.info("pillion stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal re-raise: Pillion closes its components after the
+    server stops, and re-raising SIGTERM would kill the process before SQLite is checkpointed."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(sig).name)
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True

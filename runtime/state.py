@@ -1,0 +1,320 @@
+"""The state building block: store lookup, key prefixes, option checks and error mapping.
+
+It talks to stores only through the protocols in ``components.state.base``; it never imports a
+concrete store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from components.state.base import (
+    DeleteOp,
+    ETagInvalid,
+    ETagMismatch,
+    Operation,
+    QueryableStateStore,
+    SetOp,
+    StateFeature,
+    StateStore,
+    StoredItem,
+    TransactionalStateStore,
+)
+from components.state.query import QueryPage, parse_query
+from runtime.errors import APIError, bad_request, error_info, help_link, resource_info
+
+_INTEGER = re.compile(r"^[+-]?\d+$")
+CONCURRENCY = frozenset({"", "first-write", "last-write"})
+CONSISTENCY = frozenset({"", "eventual", "strong"})
+
+
+def key_prefix(strategy: str, app_id: str, store_name: str) -> str:
+    """The text put before every key (Dapr's ``keyPrefix`` rules, reference section 1.1)."""
+    strategy = strategy.lower()
+    if strategy == "none":
+        return ""
+    if strategy == "name":
+        return f"{store_name}||"
+    if strategy == "namespace" and os.environ.get("NAMESPACE"):
+        return f"{os.environ['NAMESPACE']}.{app_id}||"
+    if strategy in ("appid", "namespace"):
+        return f"{app_id}||" if app_id else ""
+    if "||" in strategy:
+        raise ValueError(f"keyPrefix {strategy!r} must not contain '||'")
+    return f"{strategy}||"
+
+
+@dataclass(slots=True)
+class SaveItem:
+    key: str
+    value: bytes
+    etag: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    concurrency: str = ""
+    consistency: str = ""
+
+
+@dataclass(slots=True)
+class DeleteItem:
+    key: str
+    etag: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    concurrency: str = ""
+    consistency: str = ""
+
+
+@dataclass(slots=True)
+class StoreEntry:
+    name: str
+    store: StateStore
+    prefix: str
+
+
+class OptionError(ValueError):
+    """A request option the store cannot accept (bad concurrency, non-integer TTL, ...)."""
+
+
+def _ttl(metadata: Mapping[str, str]) -> int | None:
+    raw = metadata.get("ttlInSeconds")
+    if raw is None:
+        return None
+    if not _INTEGER.match(raw):
+        raise OptionError(f"ttlInSeconds must be an integer, not {raw!r}")
+    return int(raw)
+
+
+def _check_options(concurrency: str, consistency: str) -> None:
+    if concurrency not in CONCURRENCY:
+        raise OptionError(f"unrecognized concurrency model '{concurrency}'")
+    if consistency not in CONSISTENCY:
+        raise OptionError(f"unrecognized consistency model '{consistency}'")
+
+
+def check_key(store: str, key: str) -> None:
+    if "||" in key:
+        message = f"input key/keyPrefix '{key}' can't contain '||'"
+        raise APIError(
+            400,
+            "ERR_MALFORMED_REQUEST",
+            message,
+            [
+                error_info("DAPR_STATE_ILLEGAL_KEY"),
+                resource_info("state", store),
+                bad_request(key, message),
+            ],
+        )
+
+
+class StateBlock:
+    def __init__(self, app_id: str, stores: Sequence[StoreEntry]) -> None:
+        self.app_id = app_id
+        self._stores = {entry.name: entry for entry in stores}
+
+    def entry(self, name: str) -> StoreEntry:
+        entry = self._stores.get(name)
+        if entry is not None:
+            return entry
+        if not self._stores:
+            raise APIError(
+                500,
+                "ERR_STATE_STORE_NOT_CONFIGURED",
+                f"state store {name} is not configured",
+                [error_info("DAPR_STATE_NOT_CONFIGURED", {"appID": self.app_id})],
+            )
+        raise APIError(
+            400,
+            "ERR_STATE_STORE_NOT_FOUND",
+            f"state store {name} is not found",
+            [error_info("DAPR_STATE_NOT_FOUND", {"appID": self.app_id})],
+        )
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def get(self, store: str, key: str) -> StoredItem | None:
+        entry = self.entry(store)
+        check_key(store, key)
+        try:
+            return await entry.store.get(entry.prefix + key)
+        except Exception as exc:
+            raise APIError(
+                500, "ERR_STATE_GET", f"fail to get {key} from state store {store}: {exc}"
+            ) from exc
+
+    async def bulk_get(self, store: str, keys: Sequence[str]) -> list[StoredItem | None]:
+        entry = self.entry(store)
+        for key in keys:
+            check_key(store, key)
+        if not keys:
+            return []
+        try:
+            return await entry.store.bulk_get([entry.prefix + key for key in keys])
+        except Exception as exc:
+            raise APIError(
+                500, "ERR_STATE_BULK_GET", f"failed getting state from state store {store}: {exc}"
+            ) from exc
+
+    # --- writes --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _set_op(prefix: str, item: SaveItem) -> SetOp:
+        _check_options(item.concurrency, item.consistency)
+        etag = item.etag or None
+        return SetOp(
+            prefix + item.key, item.value, etag, item.concurrency == "first-write", _ttl(item.metadata)
+        )
+
+    @staticmethod
+    def _delete_op(prefix: str, item: DeleteItem) -> DeleteOp:
+        _check_options(item.concurrency, item.consistency)
+        return DeleteOp(prefix + item.key, item.etag or None)
+
+    async def save(self, store: str, items: Sequence[SaveItem]) -> None:
+        entry = self.entry(store)
+        for item in items:
+            check_key(store, item.key)
+        # Every item is checked before anything is written, so bad input never half-applies.
+        try:
+            ops = [self._set_op(entry.prefix, item) for item in items]
+        except OptionError as exc:
+            raise APIError(
+                500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {exc}"
+            ) from None
+        if len(ops) == 1:
+            results: list[BaseException | None] = [await _capture(entry.store.set(ops[0]))]
+        else:
+            results = await asyncio.gather(*(entry.store.set(op) for op in ops), return_exceptions=True)
+        errors = [r for r in results if r is not None]
+        if not errors:
+            return
+        detail = "; ".join(str(e) for e in errors)
+        if any(isinstance(e, ETagMismatch) for e in errors):
+            raise APIError(
+                409,
+                "ERR_STATE_SAVE",
+                f"failed saving state in state store {store}: possible etag mismatch. "
+                f"error from state store: {detail}",
+            )
+        if any(isinstance(e, ETagInvalid) for e in errors):
+            raise APIError(
+                400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}"
+            )
+        raise APIError(500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+
+    async def delete(self, store: str, item: DeleteItem) -> None:
+        entry = self.entry(store)
+        check_key(store, item.key)
+        prefix = f"failed deleting state with key {item.key}"
+        try:
+            op = self._delete_op(entry.prefix, item)
+            await entry.store.delete(op)
+        except ETagMismatch as exc:
+            raise APIError(
+                409,
+                "ERR_STATE_DELETE",
+                f"{prefix}: possible etag mismatch. error from state store: {exc}",
+            ) from None
+        except ETagInvalid as exc:
+            raise APIError(400, "ERR_STATE_DELETE", f"{prefix}: {exc}") from None
+        except Exception as exc:
+            raise APIError(500, "ERR_STATE_DELETE", f"{prefix}: {exc}") from exc
+
+    def transactional(self, store: str) -> TransactionalStateStore:
+        entry = self.entry(store)
+        if StateFeature.TRANSACTIONAL not in entry.store.features:
+            raise APIError(
+                500,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {store} doesn't support transactions",
+                [
+                    error_info("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED"),
+                    help_link(
+                        "Check the list of state stores and the features they support",
+                        "https://docs.dapr.io/reference/components-reference/supported-state-stores/",
+                    ),
+                    resource_info("state", store),
+                ],
+            )
+        return cast(TransactionalStateStore, entry.store)
+
+    async def transact(self, store: str, ops: Sequence[SaveItem | DeleteItem]) -> None:
+        target = self.transactional(store)
+        prefix = self.entry(store).prefix
+        for item in ops:
+            check_key(store, item.key)
+        limit = target.max_operations
+        if limit is not None and len(ops) > limit:
+            raise APIError(
+                400,
+                "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS",
+                f"the transaction contains {len(ops)} operations, which is more than what the "
+                f"state store supports: {limit}",
+                [
+                    error_info(
+                        "DAPR_STATE_TOO_MANY_TRANSACTIONS",
+                        {"currentOpsTransaction": str(len(ops)), "maxOpsPerTransaction": str(limit)},
+                    )
+                ],
+            )
+        try:
+            store_ops: list[Operation] = [
+                self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
+                for op in ops
+            ]
+            await target.transact(store_ops)
+        except (ETagMismatch, ETagInvalid) as exc:
+            key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key
+            raise APIError(
+                500,
+                "ERR_STATE_TRANSACTION",
+                f"error while executing state transaction: {exc} (key {key!r})",
+            ) from None
+        except Exception as exc:
+            raise APIError(
+                500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
+            ) from exc
+
+    # --- query ---------------------------------------------------------------------------------
+
+    async def query(self, store: str, body: bytes) -> QueryPage:
+        entry = self.entry(store)
+        if StateFeature.QUERY_API not in entry.store.features:
+            raise APIError(
+                500,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                "state store does not support querying",
+                [error_info("DAPR_STATE_QUERYING_NOT_SUPPORTED"), resource_info("state", store)],
+            )
+        try:
+            query = parse_query(body)
+            page = await cast(QueryableStateStore, entry.store).query(entry.prefix, query)
+        except Exception as exc:  # QueryError or a store failure: both are ERR_STATE_QUERY
+            raise APIError(
+                500,
+                "ERR_STATE_QUERY",
+                f"state store {store} query failed: {exc}",
+                [error_info("DAPR_STATE_QUERY_FAILED"), resource_info("state", store)],
+            ) from None
+        cut = len(entry.prefix)
+        for result in page.results:
+            result.key = result.key[cut:]
+        return page
+
+    @staticmethod
+    def capabilities(store: StateStore) -> list[str]:
+        features = {str(f) for f in store.features}
+        if {"ETAG", "TRANSACTIONAL"} <= features:
+            features.add("ACTOR")
+        return sorted(features)
+
+
+async def _capture(awaitable: object) -> BaseException | None:
+    try:
+        await awaitable  # type: ignore[misc]
+    except Exception as exc:
+        return exc
+    return None

@@ -1,0 +1,61 @@
+"""Shared fixtures: real backing services, started privately unless the environment names one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support import free_port
+
+HOW_TO_GET_REDIS = (
+    "Redis is needed for these tests. Install it (Debian/Ubuntu: `apt-get install redis-server`; "
+    "`.ci/run` does this) so the tests can start a private redis-server, or point REDIS_URL at a "
+    "Redis you are happy for the tests to write to (e.g. REDIS_URL=redis://127.0.0.1:6379/15)."
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from_env = os.environ.get("REDIS_URL")
+    if from_env:
+        try:
+            redis.Redis.from_url(from_env).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"REDIS_URL={from_env} cannot be reached ({exc}). {HOW_TO_GET_REDIS}")
+        yield from_env
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail(HOW_TO_GET_REDIS)
+    port = free_port()
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"the private redis-server on port {port} did not start. {HOW_TO_GET_REDIS}")
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,124 @@
+"""Real processes for tests: a sidecar started as ``python -m runtime serve`` on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class SidecarProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    app_id: str
+    log_path: Path
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def write_resources(folder: Path, resources: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in resources.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def start_sidecar(
+    workdir: Path,
+    app_id: str = "testapp",
+    resources: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    wait_path: str = "/v1.0/healthz/outbound",
+    timeout: float = 20,
+) -> SidecarProcess:
+    """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    data_dir = workdir / "data"
+    args = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "serve",
+        "--app-id",
+        app_id,
+        "--dapr-http-port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if resources is not None:
+        args += ["--resources-path", str(write_resources(workdir / "resources", resources))]
+    args += extra_args or []
+    log_path = workdir / f"sidecar-{port}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, env=full_env
+        )
+    sidecar = SidecarProcess(proc, port, app_id, log_path, data_dir, args)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode}:\n{sidecar.log()}")
+        try:
+            if httpx.get(sidecar.url + wait_path, timeout=1).status_code == 204:
+                return sidecar
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    sidecar.kill()
+    raise RuntimeError(f"sidecar not ready within {timeout}s:\n{sidecar.log()}")
+
+
+def run_sidecar_to_exit(workdir: Path, args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run ``pillion serve`` expecting it to stop on its own (bad resources, port in use...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=workdir,
+    )
