@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runtime import __version__
@@ -93,18 +93,22 @@ def configure_logging(level: str) -> None:
     )
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional where it cannot be built
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _serve(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     configure_logging(options.log_level)
     sidecar = Sidecar(options)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop is optional on platforms without it
-        runner = asyncio.run
-    try:
-        runner(sidecar.serve())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(sidecar.serve())
     except (ResourceError, StartupError) as exc:
         print(f"pillion: {exc}", file=sys.stderr)
         return 1

@@ -117,9 +117,7 @@ def _resource_files(paths: Iterable[Path]) -> list[Path]:
     for folder in paths:
         if not folder.is_dir():
             raise ResourceError(folder, None, "resources path is not a directory")
-        files.extend(
-            sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml"))
-        )
+        files.extend(sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml")))
     return files
 
 

@@ -108,6 +108,7 @@ class Sidecar:
 
     async def _init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
         cls = registry.component_class(resource.type)
+        assert cls is not None, "validate_component checked the type"
         metadata = validate_component(resource)
         context = ComponentContext(resource.name, self.options.app_id, data_dir, resource.file.parent)
         try:

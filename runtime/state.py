@@ -200,9 +200,7 @@ class StateBlock:
                 f"error from state store: {detail}",
             )
         if any(isinstance(e, ETagInvalid) for e in errors):
-            raise APIError(
-                400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}"
-            )
+            raise APIError(400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
         raise APIError(500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
 
     async def delete(self, store: str, item: DeleteItem) -> None:

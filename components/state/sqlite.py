@@ -133,9 +133,7 @@ class SQLiteStateStore:
         )
         self._sql_delete = f"DELETE FROM {t} WHERE key = ?"
         self._sql_delete_etag = f"DELETE FROM {t} WHERE key = ? AND etag = ? AND {live}"
-        self._sql_scan = (
-            f"SELECT key, value, is_binary, etag FROM {t} WHERE substr(key, 1, ?) = ? AND {live}"
-        )
+        self._sql_scan = f"SELECT key, value, is_binary, etag FROM {t} WHERE substr(key, 1, ?) = ? AND {live}"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -170,9 +168,7 @@ class SQLiteStateStore:
             f"CREATE TABLE IF NOT EXISTS {self._meta_table} "
             "(key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)"
         )
-        conn.execute(
-            f"INSERT OR IGNORE INTO {self._meta_table} (key, value) VALUES ('migrations', '1')"
-        )
+        conn.execute(f"INSERT OR IGNORE INTO {self._meta_table} (key, value) VALUES ('migrations', '1')")
         self._conn = conn
 
     def _shutdown(self) -> None:

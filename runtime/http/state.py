@@ -157,16 +157,12 @@ async def transaction(request: Request) -> Response:
         kind = optional_string(field(raw, "operation"), "operation")
         request_body = field(raw, "request")
         if kind not in ("upsert", "delete"):
-            raise APIError(
-                400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported"
-            )
+            raise APIError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
         item = _save_item(request_body, query_meta)
         if kind == "upsert":
             ops.append(item)
         else:
-            ops.append(
-                DeleteItem(item.key, item.etag, item.metadata, item.concurrency, item.consistency)
-            )
+            ops.append(DeleteItem(item.key, item.etag, item.metadata, item.concurrency, item.consistency))
     if ops:
         await block.transact(store, ops)
     return no_content()
@@ -190,4 +186,3 @@ async def query_state(request: Request) -> Response:
     if page.token:
         body += b',"token":' + json.dumps(page.token).encode()
     return Response(body + b"}\n", 200, media_type=JSON)
-

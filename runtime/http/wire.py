@@ -120,8 +120,6 @@ def raw_json(data: bytes) -> bytes:
     try:
         json.loads(data)
     except ValueError:
-
-
         return json.dumps(base64.b64encode(data).decode()).encode()
     return data
 
