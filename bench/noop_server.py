@@ -31,6 +31,7 @@ def main() -> None:
         lifespan="off",
         http="httptools",
         server_header=False,
+        proxy_headers=False,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(uvicorn.Server(config).serve())

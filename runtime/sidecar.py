@@ -35,6 +35,8 @@ class SidecarOptions:
     max_body_size: int = 4 * 1024 * 1024
     data_dir: Path | None = None
     log_level: str = "info"
+    # How long in-flight work (deliveries to the app) may take to finish once stopping.
+    drain_timeout: float = 5.0
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -75,6 +77,7 @@ class Sidecar:
         self.components_ready = False
         self.app_reachable = options.app_port is None
         self._background: set[asyncio.Task[None]] = set()
+        self._server: _Server | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -210,8 +213,12 @@ class Sidecar:
         sock.setblocking(False)
         return sock
 
-    async def serve(self) -> None:
-        """Start components, then serve until SIGINT/SIGTERM, then close everything."""
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Start components, then serve until stopped, then close everything.
+
+        With ``handle_signals`` SIGINT/SIGTERM stop the server; ``pillion run`` passes False and
+        calls :meth:`request_stop` itself once the app has gone.
+        """
         from runtime.http.app import create_app
 
         resources = self.load_resources()
@@ -225,8 +232,10 @@ class Sidecar:
                 http="httptools",
                 timeout_graceful_shutdown=5,
                 server_header=False,
+                proxy_headers=False,
             )
         )
+        self._server = server
         try:
             await self.start_components(resources)
             if self.options.app_port is not None:
@@ -238,12 +247,21 @@ class Sidecar:
                 self.options.host,
                 self.options.http_port,
             )
-            with server.stop_on_signals():
+            with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
             await self.stop_components()
             sock.close()
             log.info("pillion stopped")
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.started
+
+    def request_stop(self) -> None:
+        """Stop serving: in-flight requests finish, then components close."""
+        if self._server is not None:
+            self._server.should_exit = True
 
 
 class _Server(uvicorn.Server):
