@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtime import __version__
+from runtime import __version__, secrets_cli
 from runtime.resources import ResourceError
+from runtime.run import run
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]i?|[Bb]?)\s*$")
@@ -33,9 +36,14 @@ def _port(text: str) -> int:
     return value
 
 
-def _add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
+def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) -> None:
     parser.add_argument("--app-id", required=True, help="the app's id; state keys are prefixed with it")
-    parser.add_argument("--dapr-http-port", type=_port, default=3500, help="HTTP API port (3500)")
+    parser.add_argument(
+        "--dapr-http-port",
+        type=_port,
+        default=None if run_mode else 3500,
+        help="HTTP API port (a free one when omitted)" if run_mode else "HTTP API port (3500)",
+    )
     parser.add_argument(
         "--dapr-listen-addresses",
         default="127.0.0.1",
@@ -56,7 +64,16 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
     parser.add_argument(
+        "--config", type=Path, help="a Configuration resource file (secret scopes, API allow/deny lists)"
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warn", "warning", "error", "fatal"]
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        help="seconds in-flight deliveries may take to finish when stopping (5)",
     )
 
 
@@ -66,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the sidecar in the foreground")
     _add_sidecar_flags(serve)
+    run = commands.add_parser(
+        "run",
+        help="run an app with its sidecar, sharing its fate",
+        usage="pillion run --app-id ID [flags] -- COMMAND [ARGS...]",
+    )
+    _add_sidecar_flags(run, run_mode=True)
+    run.add_argument(
+        "--app-grace-period",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when the app must stop (5)",
+    )
+    run.add_argument("app_command", nargs=argparse.REMAINDER, help="the app's command, after --")
+    secrets_cli.add_commands(commands)
     return parser
 
 
@@ -81,14 +112,16 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         max_body_size=args.max_body_size,
         data_dir=args.data_dir,
         log_level=args.log_level,
+        drain_timeout=args.drain_timeout,
+        config_file=args.config,
     )
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, prefix: str = "") -> None:
     name = {"warn": "WARNING", "fatal": "CRITICAL"}.get(level, level.upper())
     logging.basicConfig(
         level=name,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=prefix + "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -115,10 +148,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    command = args.app_command[1:] if args.app_command[:1] == ["--"] else args.app_command
+    if not command:
+        parser.error("pillion run needs the app's command after --")
+    if args.dapr_http_port is None:
+        args.dapr_http_port = free_port()
+    options = options_from_args(args)
+    configure_logging(options.log_level, prefix="== PILLION == ")
+    print(
+        f"pillion: app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}",
+        file=sys.stderr,
+    )
+    token = os.environ.get("DAPR_API_TOKEN") or None
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(run(options, command, args.app_grace_period, token))
+    except (ResourceError, StartupError) as exc:
+        print(f"pillion: {exc}", file=sys.stderr)
+        return 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "run":
+        return _run(args, parser)
+    if args.command == "secrets":
+        return secrets_cli.run(args)
     return 2
 
 

@@ -16,9 +16,13 @@ import uvicorn
 
 from components import registry
 from components.base import Component, ComponentContext
+from components.metadata import MetadataError
+from components.secretstores.base import SecretStore
 from components.state.base import StateStore
 from runtime import __version__
+from runtime.configuration import Configuration, load_configuration
 from runtime.resources import ComponentResource, ResourceError, load_components, validate_component
+from runtime.secrets import Redactor, SecretsBlock, init_order, resolve_references, secret_values
 from runtime.state import StateBlock, StoreEntry, key_prefix
 
 log = logging.getLogger("pillion")
@@ -37,6 +41,8 @@ class SidecarOptions:
     log_level: str = "info"
     # How long in-flight work (deliveries to the app) may take to finish once stopping.
     drain_timeout: float = 5.0
+    # --config: the Configuration resource (secret scopes, API switches).
+    config_file: Path | None = None
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -74,14 +80,21 @@ class Sidecar:
         self.options = options
         self.components: list[LoadedComponent] = []
         self.state = StateBlock(options.app_id, [])
+        self.configuration = Configuration()
+        self.secrets = SecretsBlock({}, {})
+        self.redactor = Redactor()
         self.components_ready = False
         self.app_reachable = options.app_port is None
         self._background: set[asyncio.Task[None]] = set()
         self._server: _Server | None = None
+        # Set with PUT /v1.0/metadata/{key}; shown under "extended" in /v1.0/metadata.
+        self.extended: dict[str, str] = {}
 
     # --- start and stop ------------------------------------------------------------------------
 
     def load_resources(self) -> list[ComponentResource]:
+        if self.options.config_file is not None:
+            self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
             return load_components(self.options.resources_paths, self.options.app_id)
         defaults = default_components(self.options)
@@ -92,13 +105,23 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         data_dir = self.options.resolved_data_dir
         stores: list[StoreEntry] = []
-        for resource in resources:
+        secret_stores: dict[str, SecretStore] = {}
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self.redactor)
+        # Secret stores start before the components whose secretKeyRefs read from them.
+        for unresolved in init_order(resources):
+            resource = await resolve_references(unresolved, secret_stores)
+            self.redactor.add(secret_values(resource))
             loaded = await self._init_component(resource, data_dir)
             if loaded is None:
                 continue
             self.components.append(loaded)
+            if resource.building_block == "secretstores":
+                secret_store: SecretStore = loaded.instance  # type: ignore[assignment]
+                secret_stores[resource.name] = secret_store
+                loaded.capabilities = sorted(str(f) for f in secret_store.features)
             if resource.building_block == "state":
-                store: StateStore = loaded.instance  # type: ignore[assignment]
+                store: StateStore = self._encrypt_at_rest(loaded, loaded.instance)  # type: ignore[arg-type]
                 strategy = str(loaded.metadata["keyPrefix"])
                 try:
                     prefix = key_prefix(strategy, self.options.app_id, resource.name)
@@ -107,7 +130,23 @@ class Sidecar:
                 stores.append(StoreEntry(resource.name, store, prefix))
                 loaded.capabilities = StateBlock.capabilities(store)
         self.state = StateBlock(self.options.app_id, stores)
+        self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes)
         self.components_ready = True
+
+    def _encrypt_at_rest(self, loaded: LoadedComponent, store: StateStore) -> StateStore:
+        """The store wrapped with state encryption when primaryEncryptionKey is set."""
+        metadata = loaded.metadata
+        if not metadata["primaryEncryptionKey"] and not metadata["secondaryEncryptionKey"]:
+            return store
+        from components.state.encryption import EncryptedStateStore, encryption_keys
+
+        resource = loaded.resource
+        try:
+            primary, secondary = encryption_keys(metadata, {r.field: r.name for r in resource.secret_refs})
+        except MetadataError as exc:
+            raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
+        log.info("state store %s encrypts values at rest (key %s)", resource.name, primary.name)
+        return EncryptedStateStore(store, primary, secondary)
 
     async def _init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
         cls = registry.component_class(resource.type)
@@ -118,7 +157,7 @@ class Sidecar:
             instance: Component = cls(metadata, context)
             await asyncio.wait_for(instance.init(), resource.init_timeout)
         except Exception as exc:
-            problem = str(exc) or type(exc).__name__
+            problem = self.redactor.redact(str(exc) or type(exc).__name__)
             if isinstance(exc, TimeoutError):
                 problem = f"init did not finish within {resource.init_timeout:g}s (spec.initTimeout)"
             line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
@@ -179,7 +218,7 @@ class Sidecar:
         body: dict[str, Any] = {
             "id": self.options.app_id,
             "runtimeVersion": version,
-            "extended": {"daprRuntimeVersion": version},
+            "extended": {**self.extended, "daprRuntimeVersion": version},
             "appConnectionProperties": app,
             "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False},
         }

@@ -13,10 +13,11 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, direct_invoke_missing_app_id
-from runtime.http import runtime_api, state
+from runtime.http import runtime_api, secrets, state
 from runtime.http.wire import PathUnescapeError, error_response
 
 if TYPE_CHECKING:
+    from runtime.configuration import Configuration
     from runtime.sidecar import Sidecar
 
 log = logging.getLogger("pillion.http")
@@ -80,6 +81,24 @@ async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+def _served(config: Configuration, candidate: BaseRoute) -> bool:
+    if not isinstance(candidate, Route):
+        return True
+    version, _, rest = candidate.path[1:].partition("/")
+    return config.api_enabled(version, rest)
+
+
+def _router_default(routes: list[BaseRoute]) -> ASGIApp:
+    """What daprd's router answers with no fallback: 405 for a known path, else Go's 404 text."""
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        known = any(isinstance(r, Route) and Route.matches(r, scope)[0] is Match.PARTIAL for r in routes)
+        response = Response(status_code=405) if known else PlainTextResponse("404 page not found\n", 404)
+        await response(scope, receive, send)
+
+    return default
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return error_response(exc)
@@ -110,11 +129,20 @@ def state_routes() -> list[BaseRoute]:
     ]
 
 
+def secrets_routes() -> list[BaseRoute]:
+    return [
+        route("/secrets/{store}/bulk", secrets.bulk_get_secret, ["GET"]),
+        route("/secrets/{store}/{name}", secrets.get_secret, ["GET"]),
+    ]
+
+
 def runtime_routes() -> list[BaseRoute]:
     return [
         route("/healthz", runtime_api.healthz, ["GET"]),
         route("/healthz/outbound", runtime_api.healthz_outbound, ["GET"]),
         route("/metadata", runtime_api.metadata, ["GET"]),
+        route("/metadata/{key}", runtime_api.put_metadata, ["PUT"]),
+        route("/shutdown", runtime_api.shutdown, ["POST"]),
     ]
 
 
@@ -124,9 +152,13 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = runtime_routes() + state_routes() + (extra_routes or [])
+    routes = runtime_routes() + state_routes() + secrets_routes() + (extra_routes or [])
+    # Configuration spec.api switches APIs off by not registering them, as daprd does.
+    config = sidecar.configuration
+    routes = [r for r in routes if _served(config, r)]
     app = Starlette(routes=routes, exception_handlers=handlers)
-    app.router.default = _fallback_app
+    # The fallback is service invocation's route: switched off with it, leaving the router's own.
+    app.router.default = _fallback_app if config.api_enabled("v1.0", "invoke/*") else _router_default(routes)
     app.router.redirect_slashes = False  # DaprPathMiddleware already cleaned the path
     app.state.sidecar = sidecar
     app.state.max_body_size = sidecar.options.max_body_size

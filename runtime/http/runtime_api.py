@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.errors import APIError
-from runtime.http.wire import json_response, no_content
+from runtime.http.wire import json_response, no_content, path_param, read_body
 
 if TYPE_CHECKING:
     from runtime.sidecar import Sidecar
@@ -42,3 +44,17 @@ async def healthz_outbound(request: Request) -> Response:
 
 async def metadata(request: Request) -> Response:
     return json_response(_sidecar(request).metadata())
+
+
+async def put_metadata(request: Request) -> Response:
+    body = await read_body(request)
+    _sidecar(request).extended[path_param(request, "key")] = body.decode("utf-8", errors="replace")
+    return no_content()
+
+
+async def shutdown(request: Request) -> Response:
+    """204 first, then a graceful stop; ``dapr-force-shutdown: true`` exits at once, as daprd."""
+    if request.headers.get("dapr-force-shutdown", "").lower() == "true":
+        os._exit(0)
+    asyncio.get_running_loop().call_soon(_sidecar(request).request_stop)
+    return no_content()

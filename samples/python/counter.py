@@ -48,11 +48,19 @@ def increment(key: str) -> int:
 def main() -> None:
     visits = increment("visits")
     print(f"visit number {visits} (the count survives restarts: the embedded store is SQLite)")
-    call("POST", f"/state/{STORE}/transaction", {"operations": [
-        {"operation": "upsert", "request": {"key": "last-visit", "value": {"visit": visits}}},
-        {"operation": "upsert", "request": {"key": "session", "value": "short-lived",
-                                            "metadata": {"ttlInSeconds": "60"}}},
-    ]})
+    call(
+        "POST",
+        f"/state/{STORE}/transaction",
+        {
+            "operations": [
+                {"operation": "upsert", "request": {"key": "last-visit", "value": {"visit": visits}}},
+                {
+                    "operation": "upsert",
+                    "request": {"key": "session", "value": "short-lived", "metadata": {"ttlInSeconds": "60"}},
+                },
+            ]
+        },
+    )
     status, body, _ = call("POST", f"/state/{STORE}/bulk", {"keys": ["visits", "last-visit", "missing"]})
     print(f"bulk read ({status}): {body.decode().strip()}")
     status, body, headers = call("GET", f"/state/{STORE}/session")

@@ -1,0 +1,28 @@
+"""Secrets endpoints (reference section 3): parse Dapr's wire format, call the secrets block."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.http.wire import json_response, no_content, path_param, query_metadata
+from runtime.secrets import SecretsBlock
+
+
+def _block(request: Request) -> SecretsBlock:
+    block: SecretsBlock = request.app.state.sidecar.secrets
+    return block
+
+
+async def get_secret(request: Request) -> Response:
+    store = path_param(request, "store")
+    name = path_param(request, "name")
+    secret = await _block(request).get(store, name, query_metadata(request))
+    if not secret:
+        return no_content()
+    return json_response(secret)
+
+
+async def bulk_get_secret(request: Request) -> Response:
+    store = path_param(request, "store")
+    return json_response(await _block(request).bulk_get(store, query_metadata(request)))

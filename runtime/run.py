@@ -1,0 +1,214 @@
+"""``pillion run``: the sidecar and its app as one unit with a shared fate.
+
+The sidecar runs in this process and is serving before the app starts, so an app that calls it
+first thing never races it. The app runs as a child in its own process group:
+
+* the app exits -> the sidecar drains and this process exits with the app's exit code;
+* the sidecar fails -> the app's whole process group gets SIGTERM, then SIGKILL after a grace;
+* SIGINT/SIGTERM here -> forwarded to the app's process group (a second one kills it);
+* this process is SIGKILLed -> a tiny watchdog (``sh``, in its own session) sees its pipe close
+  and stops the app's process group the same way, so no orphan is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from runtime.sidecar import Sidecar, SidecarOptions, StartupError
+
+log = logging.getLogger("pillion.run")
+APP_PREFIX = b"== APP == "
+
+# Reads its stdin until EOF (the parent is gone, however it died), then stops the group.
+_WATCHDOG = (
+    'while read -r _; do :; done; kill -s TERM -- "-$1" 2>/dev/null || exit 0; '
+    'sleep "$2"; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
+)
+
+
+def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "APP_ID": options.app_id,
+            "DAPR_HTTP_PORT": str(options.http_port),
+            "PILLION_HTTP_PORT": str(options.http_port),
+        }
+    )
+    if options.app_port is not None:
+        env["APP_PORT"] = str(options.app_port)
+    if api_token:
+        env["DAPR_API_TOKEN"] = api_token
+    return env
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL whatever is left."""
+    if not group_alive(pgid):
+        return
+    signal_group(pgid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while group_alive(pgid) and loop.time() < deadline:  # noqa: ASYNC110 (no event for a group)
+        await asyncio.sleep(0.05)
+    if group_alive(pgid):
+        log.warning("app process group %d still running after %.1fs: SIGKILL", pgid, grace)
+        signal_group(pgid, signal.SIGKILL)
+
+
+async def _pump(stream: asyncio.StreamReader, out: int) -> None:
+    """Copy the app's output line by line with a prefix, so it reads apart from the sidecar's."""
+    while line := await stream.readline():
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        os.write(out, APP_PREFIX + line)
+
+
+class AppSupervisor:
+    def __init__(self, command: Sequence[str], env: dict[str, str], grace: float) -> None:
+        self.command = list(command)
+        self.env = env
+        self.grace = grace
+        self.process: asyncio.subprocess.Process | None = None
+        self.watchdog: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._signals_seen = 0
+
+    async def start(self) -> None:
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=os.setpgrp,  # its own process group (uvloop has no process_group=)
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot start the app {self.command[0]!r}: {exc.strerror or exc}") from None
+        pgid = self.process.pid
+        self.watchdog = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            _WATCHDOG,
+            "pillion-watchdog",
+            str(pgid),
+            f"{self.grace:g}",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._pumps = [
+            asyncio.create_task(_pump(self.process.stdout, sys.stdout.fileno())),
+            asyncio.create_task(_pump(self.process.stderr, sys.stderr.fileno())),
+        ]
+        log.info("app started (pid %d): %s", pgid, " ".join(self.command))
+
+    @property
+    def pgid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def forward(self, sig: int) -> None:
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            log.warning("second signal: killing the app")
+            signal_group(self.pgid, signal.SIGKILL)
+        else:
+            log.info("forwarding %s to the app", signal.Signals(sig).name)
+            signal_group(self.pgid, sig)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def stop(self) -> None:
+        """Leave nothing behind: the app's group (its children included), then the watchdog."""
+        if self.process is not None:
+            await stop_group(self.pgid, self.grace)
+            with contextlib.suppress(ProcessLookupError):
+                await self.process.wait()
+        if self.watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.watchdog.kill()
+            await self.watchdog.wait()
+        # The output pipes close once every process of the group that held them is gone.
+        if self._pumps:
+            _, pending = await asyncio.wait(self._pumps, timeout=1)
+            for task in pending:
+                task.cancel()
+
+
+def exit_code(returncode: int) -> int:
+    """A shell's convention: killed by signal N -> 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def run(options: SidecarOptions, command: Sequence[str], grace: float, api_token: str | None) -> int:
+    sidecar = Sidecar(options)
+    serving = asyncio.create_task(sidecar.serve(handle_signals=False))
+    while not sidecar.serving:
+        if serving.done():
+            serving.result()  # raises the start-up error
+            return 1
+        await asyncio.sleep(0.005)
+
+    app = AppSupervisor(command, app_environment(options, api_token), grace)
+    try:
+        await app.start()
+    except StartupError:
+        sidecar.request_stop()
+        await serving
+        raise
+    # As `dapr run` records them in the extended metadata.
+    sidecar.extended.update(
+        {"appPID": str(app.pgid), "appCommand": " ".join(command), "cliPID": str(os.getpid())}
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, app.forward, sig)
+    app_exit = asyncio.create_task(app.wait())
+    try:
+        done, _ = await asyncio.wait({app_exit, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if app_exit in done:
+            code = exit_code(app_exit.result())
+            log.info("app exited with code %d; stopping the sidecar", code)
+            sidecar.request_stop()
+            await serving
+            return code
+        error = serving.exception()
+        if error is not None:
+            log.error("the sidecar failed (%s); stopping the app", error)
+            return 1
+        log.info("the sidecar was shut down; stopping the app")
+        await app.stop()
+        return exit_code(await app_exit)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await app.stop()
+        if not serving.done():
+            sidecar.request_stop()
+            with contextlib.suppress(Exception):
+                await serving
