@@ -12,6 +12,13 @@ _COMPONENTS: dict[str, str] = {
     "state.in-memory": "components.state.in_memory:InMemoryStateStore",
     "state.sqlite": "components.state.sqlite:SQLiteStateStore",
     "state.redis": "components.state.redis:RedisStateStore",
+    "state.postgresql": "components.state.postgresql:PostgreSQLStateStore",
+    "secretstores.local.file": "components.secretstores.local_file:LocalFileSecretStore",
+    "secretstores.local.env": "components.secretstores.local_env:LocalEnvSecretStore",
+    "secretstores.local.encrypted": "components.secretstores.local_encrypted:LocalEncryptedSecretStore",
+    "pubsub.redis": "components.pubsub.redis:RedisPubSub",
+    "pubsub.in-memory": "components.pubsub.in_memory:InMemoryPubSub",
+    "pubsub.sqlite": "components.pubsub.sqlite:SQLitePubSub",
 }
 
 

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtime import __version__, secrets_cli
+from runtime import __version__, secrets_cli, status
+from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
 from runtime.run import run
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
@@ -34,6 +35,16 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port number")
     return value
+
+
+def _bool(text: str) -> bool:
+    """Go's flag package spellings, as daprd accepts them."""
+    value = text.strip().lower()
+    if value in ("1", "t", "true"):
+        return True
+    if value in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) -> None:
@@ -69,6 +80,32 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warn", "warning", "error", "fatal"]
     )
+    parser.add_argument("--log-as-json", action="store_true", help="one JSON object per log line")
+    parser.add_argument(
+        "--enable-metrics",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="serve Prometheus metrics (true); --enable-metrics=false turns them off",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None if run_mode else 9090,
+        help=f"loopback port for /metrics ({'a free one when omitted' if run_mode else '9090'})",
+    )
+    parser.add_argument(
+        "--api-token-file",
+        type=Path,
+        help="file holding the API token (default: the DAPR_API_TOKEN environment variable)",
+    )
+    parser.add_argument(
+        "--allow-remote-access",
+        action="store_true",
+        help="allow --dapr-listen-addresses other than loopback",
+    )
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -97,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("app_command", nargs=argparse.REMAINDER, help="the app's command, after --")
     secrets_cli.add_commands(commands)
+    status.add_command(commands)
     return parser
 
 
@@ -114,11 +152,46 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         log_level=args.log_level,
         drain_timeout=args.drain_timeout,
         config_file=args.config,
+        enable_metrics=args.enable_metrics,
+        metrics_port=args.metrics_port,
+        api_token=_api_token(args),
     )
 
 
-def configure_logging(level: str, prefix: str = "") -> None:
+def _api_token(args: argparse.Namespace) -> str | None:
+    if args.api_token_file is not None:
+        try:
+            return args.api_token_file.read_text().strip() or None
+        except OSError as exc:
+            raise StartupError(f"--api-token-file {args.api_token_file}: {exc.strerror}") from None
+    return os.environ.get("DAPR_API_TOKEN") or None
+
+
+def check_listen_address(options: SidecarOptions, allow_remote: bool) -> None:
+    """Loopback unless asked for; remote access without a token deserves a loud warning."""
+    if options.host in ("127.0.0.1", "localhost", "::1"):
+        return
+    if not allow_remote:
+        raise StartupError(
+            f"refusing to listen on {options.host}: the API would be reachable from other machines; "
+            "pass --allow-remote-access if that is intended"
+        )
+    if not options.api_token:
+        logging.getLogger("pillion").warning(
+            "listening on %s without an API token: anyone who can reach this port can use the API "
+            "(set DAPR_API_TOKEN or --api-token-file)",
+            options.host,
+        )
+
+
+def configure_logging(level: str, prefix: str = "", as_json: bool = False, app_id: str | None = None) -> None:
     name = {"warn": "WARNING", "fatal": "CRITICAL"}.get(level, level.upper())
+    if as_json:
+        # No prefix: every line must parse on its own.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter(app_id))
+        logging.basicConfig(level=name, handlers=[handler])
+        return
     logging.basicConfig(
         level=name,
         format=prefix + "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -135,15 +208,23 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def tell(args: argparse.Namespace, message: str, level: int = logging.INFO) -> None:
+    """A line for the user: plain text, or a log record when every line must be JSON."""
+    if args.log_as_json:
+        logging.getLogger("pillion").log(level, "%s", message)
+    else:
+        print(f"pillion: {message}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    configure_logging(options.log_level)
-    sidecar = Sidecar(options)
+    configure_logging(args.log_level, as_json=args.log_as_json, app_id=args.app_id)
     try:
+        options = options_from_args(args)
+        check_listen_address(options, args.allow_remote_access)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(sidecar.serve())
+            runner.run(Sidecar(options).serve())
     except (ResourceError, StartupError) as exc:
-        print(f"pillion: {exc}", file=sys.stderr)
+        tell(args, str(exc), logging.ERROR)
         return 1
     return 0
 
@@ -154,18 +235,17 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("pillion run needs the app's command after --")
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
-    options = options_from_args(args)
-    configure_logging(options.log_level, prefix="== PILLION == ")
-    print(
-        f"pillion: app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}",
-        file=sys.stderr,
-    )
-    token = os.environ.get("DAPR_API_TOKEN") or None
+    if args.metrics_port is None:
+        args.metrics_port = free_port()
+    configure_logging(args.log_level, "== PILLION == ", as_json=args.log_as_json, app_id=args.app_id)
     try:
+        options = options_from_args(args)
+        check_listen_address(options, args.allow_remote_access)
+        tell(args, f"app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}")
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(run(options, command, args.app_grace_period, token))
+            return runner.run(run(options, command, args.app_grace_period, options.api_token))
     except (ResourceError, StartupError) as exc:
-        print(f"pillion: {exc}", file=sys.stderr)
+        tell(args, str(exc), logging.ERROR)
         return 1
 
 
@@ -185,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, parser)
     if args.command == "secrets":
         return secrets_cli.run(args)
+    if args.command == "status":
+        return status.run(args)
     return 2
 
 

@@ -18,10 +18,88 @@ STATE_FIELDS = MetadataSchema(
             default=False,
             description="Accepted for compatibility; Pillion has no actors.",
         ),
+        MetadataField(
+            "primaryEncryptionKey",
+            default="",
+            sensitive=True,
+            description="Encrypt values at rest with AES-GCM under this hex-encoded 128, 192 or "
+            "256-bit key, usually given as a secretKeyRef (see docs/secrets.md). The store then "
+            "offers no query API.",
+        ),
+        MetadataField(
+            "secondaryEncryptionKey",
+            default="",
+            sensitive=True,
+            description="An older key values may still be encrypted with; they are read with it and "
+            "rewritten with the primary key on their next save.",
+        ),
     )
 )
 
-BLOCK_FIELDS: dict[str, MetadataSchema] = {"state": STATE_FIELDS}
+# How the runtime delivers a message to the app; a subscription's metadata may override each one.
+DELIVERY_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "deliveryMaxAttempts",
+            FieldType.INTEGER,
+            default=5,
+            description="Pillion: tries per message (the first included) while the app answers RETRY "
+            "or an error; then the message goes to the dead-letter topic, or is dropped with a warning. "
+            "-1 retries forever.",
+        ),
+        MetadataField(
+            "deliveryRetryInterval",
+            FieldType.DURATION,
+            default=1.0,
+            description="Pillion: wait before the first retry; each next wait is 1.5 times longer "
+            "(with +/-50% jitter).",
+        ),
+        MetadataField(
+            "deliveryMaxRetryInterval",
+            FieldType.DURATION,
+            default=15.0,
+            description="Pillion: the longest wait between two tries.",
+        ),
+        MetadataField(
+            "deliveryTimeout",
+            FieldType.DURATION,
+            default=60.0,
+            description="Pillion: how long one call to the app may take before it counts as a failed "
+            "try; 0 waits forever.",
+        ),
+    )
+)
+
+PUBSUB_FIELDS = (
+    MetadataSchema(
+        (
+            MetadataField(
+                "allowedTopics",
+                default="",
+                description="Comma-separated topics this component may be used with; empty allows all.",
+            ),
+            MetadataField(
+                "publishingScopes",
+                default="",
+                description="Per app, the topics it may publish: `app1=t1,t2;app2=` (`app2=` means none). "
+                "Apps not listed may publish any allowed topic.",
+            ),
+            MetadataField(
+                "subscriptionScopes",
+                default="",
+                description="Per app, the topics it may subscribe to, in the `publishingScopes` format.",
+            ),
+            MetadataField(
+                "protectedTopics",
+                default="",
+                description="Comma-separated topics that only apps with an explicit scope may use.",
+            ),
+        )
+    )
+    + DELIVERY_FIELDS
+)
+
+BLOCK_FIELDS: dict[str, MetadataSchema] = {"state": STATE_FIELDS, "pubsub": PUBSUB_FIELDS}
 
 
 def schema_for(type_name: str, component_schema: MetadataSchema) -> MetadataSchema:

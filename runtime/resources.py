@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from components import registry
-from components.metadata import MetadataError, parse_duration
+from components.metadata import MetadataError, MetadataField, MetadataSchema, parse_duration
 from runtime.component_fields import schema_for
 
 API_VERSION = "dapr.io/v1alpha1"
@@ -33,6 +33,15 @@ class ResourceError(Exception):
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """``secretKeyRef`` on a metadata item: the value is key ``key`` of secret ``name``."""
+
+    field: str
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class ComponentResource:
     name: str
     type: str
@@ -42,6 +51,9 @@ class ComponentResource:
     scopes: tuple[str, ...] = ()
     ignore_errors: bool = False
     init_timeout: float = 5.0
+    # auth.secretStore: where the secret_refs are read (runtime/secrets.py fills them in).
+    secret_store: str = ""
+    secret_refs: tuple[SecretKeyRef, ...] = ()
 
     @property
     def building_block(self) -> str:
@@ -77,21 +89,30 @@ def _parse_component(doc: dict[str, Any], file: Path) -> ComponentResource:
     if not isinstance(items, list):
         raise ResourceError(file, name, "spec.metadata must be a list of {name, value} items")
     values: dict[str, str] = {}
+    refs: list[SecretKeyRef] = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ResourceError(file, name, "each spec.metadata item needs a name")
         field_name = item["name"]
-        if "secretKeyRef" in item:
-            raise ResourceError(
-                file,
-                name,
-                f"metadata field {field_name!r}: secretKeyRef is not supported yet; give the value inline",
-            )
         if "envRef" in item:
             raise ResourceError(file, name, f"metadata field {field_name!r}: envRef is not supported yet")
-        if field_name in values:
+        if field_name in values or any(r.field == field_name for r in refs):
             raise ResourceError(file, name, f"metadata field {field_name!r} is given twice")
-        values[field_name] = _scalar_text(item.get("value"))
+        if "secretKeyRef" in item:
+            refs.append(_secret_key_ref(item, file, name))
+        else:
+            values[field_name] = _scalar_text(item.get("value"))
+    auth = doc.get("auth") or {}
+    secret_store = auth.get("secretStore") if isinstance(auth, dict) else None
+    if secret_store is not None and (not isinstance(secret_store, str) or not secret_store):
+        raise ResourceError(file, name, "auth.secretStore must be the name of a secret store")
+    if refs and not secret_store:
+        raise ResourceError(
+            file,
+            name,
+            f"metadata field {refs[0].field!r}: secretKeyRef needs auth.secretStore, "
+            "the secret store to read it from",
+        )
     scopes = doc.get("scopes") or []
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise ResourceError(file, name, "scopes must be a list of app ids")
@@ -109,7 +130,22 @@ def _parse_component(doc: dict[str, Any], file: Path) -> ComponentResource:
         scopes=tuple(scopes),
         ignore_errors=bool(spec.get("ignoreErrors", False)),
         init_timeout=init_timeout,
+        secret_store=secret_store or "",
+        secret_refs=tuple(refs),
     )
+
+
+def _secret_key_ref(item: dict[str, Any], file: Path, component: str) -> SecretKeyRef:
+    where = f"metadata field {item['name']!r}"
+    ref = item["secretKeyRef"]
+    if "value" in item:
+        raise ResourceError(file, component, f"{where}: give value or secretKeyRef, not both")
+    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
+        raise ResourceError(file, component, f"{where}: secretKeyRef needs a name")
+    key = ref.get("key") or ref["name"]
+    if not isinstance(key, str):
+        raise ResourceError(file, component, f"{where}: secretKeyRef.key must be a string")
+    return SecretKeyRef(item["name"], ref["name"], key)
 
 
 def _resource_files(paths: Iterable[Path]) -> list[Path]:
@@ -171,14 +207,154 @@ def validate_component(component: ComponentResource) -> dict[str, Any]:
         raise ResourceError(
             component.file, component.name, f"unknown spec.type {component.type!r} (known: {known})"
         )
-    if component.version not in _INITIAL_VERSIONS:
+    # A component may also accept the later Dapr version whose behaviour it has (state.postgresql: v2).
+    if component.version not in _INITIAL_VERSIONS | getattr(cls, "extra_versions", frozenset()):
         raise ResourceError(
             component.file,
             component.name,
             f"spec.version {component.version!r} is not supported for {component.type} (use v1)",
         )
-    schema = schema_for(component.type, cls.schema)
+    schema = _with_secret_fields(schema_for(component.type, cls.schema), component)
     try:
         return schema.parse(component.metadata)
     except MetadataError as exc:
         raise ResourceError(component.file, component.name, str(exc)) from None
+
+
+def _with_secret_fields(schema: MetadataSchema, component: ComponentResource) -> MetadataSchema:
+    """Fields still waiting for their secret are left out (they are checked once resolved);
+    fields filled from a secret become sensitive, so no error message shows their value."""
+    if not component.secret_refs:
+        return schema
+    pending = {r.field.lower() for r in component.secret_refs if r.field not in component.metadata}
+    filled = {r.field.lower() for r in component.secret_refs if r.field in component.metadata}
+    fields: list[MetadataField] = []
+    for f in schema.fields:
+        names = {n.lower() for n in (f.name, *f.aliases)}
+        if not names & pending:
+            fields.append(replace(f, sensitive=True) if names & filled else f)
+    return MetadataSchema(tuple(fields))
+
+
+# --- Subscription documents --------------------------------------------------------------------
+
+SUBSCRIPTION_VERSIONS = frozenset({"dapr.io/v1alpha1", "dapr.io/v2alpha1"})
+
+
+@dataclass(frozen=True)
+class SubscriptionResource:
+    """A declarative ``Subscription`` (v1alpha1 ``route`` or v2alpha1 ``routes``), not yet compiled."""
+
+    name: str
+    pubsubname: str
+    topic: str
+    # (match, path) pairs in order; routes.default (or v1's route) comes last with an empty match.
+    rules: tuple[tuple[str, str], ...]
+    dead_letter_topic: str
+    metadata: dict[str, str]
+    bulk_enabled: bool
+    file: Path
+    scopes: tuple[str, ...] = ()
+
+    def where(self) -> str:
+        return f"{self.file}: subscription {self.name!r}"
+
+
+def _text_field(spec: dict[str, Any], name: str, where: str, file: Path) -> str:
+    value = spec.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ResourceError(file, None, f"{where}: spec.{name} must be a string")
+    return value
+
+
+def _parse_subscription(doc: dict[str, Any], file: Path) -> SubscriptionResource:
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise ResourceError(file, None, "a Subscription needs metadata.name")
+    name: str = meta["name"]
+    where = f"subscription {name!r}"
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        raise ResourceError(file, None, f"{where}: spec is missing")
+    pubsubname = _text_field(spec, "pubsubname", where, file)
+    topic = _text_field(spec, "topic", where, file)
+    for field_name, value in (("pubsubname", pubsubname), ("topic", topic)):
+        if not value:
+            raise ResourceError(file, None, f"{where}: spec.{field_name} is required")
+    rules: list[tuple[str, str]] = []
+    if doc.get("apiVersion") == "dapr.io/v1alpha1":
+        if "routes" in spec:
+            raise ResourceError(file, None, f"{where}: spec.routes needs apiVersion dapr.io/v2alpha1")
+        route = _text_field(spec, "route", where, file)
+    else:
+        if "route" in spec:
+            raise ResourceError(
+                file, None, f"{where}: spec.route is a dapr.io/v1alpha1 field; use spec.routes.default"
+            )
+        routes = spec.get("routes") or {}
+        if not isinstance(routes, dict):
+            raise ResourceError(file, None, f"{where}: spec.routes must be a mapping")
+        raw_rules = routes.get("rules") or []
+        if not isinstance(raw_rules, list):
+            raise ResourceError(file, None, f"{where}: spec.routes.rules must be a list")
+        for index, rule in enumerate(raw_rules):
+            if not isinstance(rule, dict):
+                raise ResourceError(file, None, f"{where}: spec.routes.rules[{index}] must be a mapping")
+            match, path = rule.get("match") or "", rule.get("path") or ""
+            if not isinstance(match, str) or not isinstance(path, str):
+                raise ResourceError(
+                    file, None, f"{where}: spec.routes.rules[{index}] match and path must be strings"
+                )
+            rules.append((match, path))
+        route = _text_field(routes, "default", where, file)
+    if route:
+        rules.append(("", route))
+    raw_metadata = spec.get("metadata") or {}
+    if not isinstance(raw_metadata, dict):
+        raise ResourceError(file, None, f"{where}: spec.metadata must be a mapping of names to values")
+    bulk = spec.get("bulkSubscribe") or {}
+    if not isinstance(bulk, dict):
+        raise ResourceError(file, None, f"{where}: spec.bulkSubscribe must be a mapping")
+    scopes = doc.get("scopes") or []
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise ResourceError(file, None, f"{where}: scopes must be a list of app ids")
+    return SubscriptionResource(
+        name=name,
+        pubsubname=pubsubname,
+        topic=topic,
+        rules=tuple(rules),
+        dead_letter_topic=_text_field(spec, "deadLetterTopic", where, file),
+        metadata={str(k): _scalar_text(v) for k, v in raw_metadata.items()},
+        bulk_enabled=bool(bulk.get("enabled", False)),
+        file=file,
+        scopes=tuple(scopes),
+    )
+
+
+def load_subscriptions(paths: Iterable[Path], app_id: str) -> list[SubscriptionResource]:
+    """Read every ``Subscription`` (v1alpha1 and v2alpha1) that is in scope for ``app_id``."""
+    namespace = os.environ.get("NAMESPACE", "")
+    found: dict[str, SubscriptionResource] = {}
+    for file in _resource_files(paths):
+        for doc in _documents(file):
+            if not isinstance(doc, dict):
+                raise ResourceError(file, None, "a resource document must be a mapping")
+            if doc.get("kind") != "Subscription" or doc.get("apiVersion") not in SUBSCRIPTION_VERSIONS:
+                continue
+            subscription = _parse_subscription(doc, file)
+            doc_ns = (doc.get("metadata") or {}).get("namespace") or ""
+            if namespace and doc_ns and doc_ns != namespace:
+                continue
+            if subscription.scopes and app_id not in subscription.scopes:
+                continue
+            if subscription.name in found:
+                raise ResourceError(
+                    file,
+                    None,
+                    f"subscription {subscription.name!r}: duplicate name: already defined in "
+                    f"{found[subscription.name].file}",
+                )
+            found[subscription.name] = subscription
+    return list(found.values())

@@ -43,6 +43,8 @@ def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str,
     )
     if options.app_port is not None:
         env["APP_PORT"] = str(options.app_port)
+    if options.enable_metrics:
+        env["DAPR_METRICS_PORT"] = str(options.metrics_port)
     if api_token:
         env["DAPR_API_TOKEN"] = api_token
     return env

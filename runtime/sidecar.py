@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,25 @@ import uvicorn
 from components import registry
 from components.base import Component, ComponentContext
 from components.metadata import MetadataError
+from components.pubsub.base import PubSub
 from components.secretstores.base import SecretStore
 from components.state.base import StateStore
 from runtime import __version__
 from runtime.configuration import Configuration, load_configuration
-from runtime.resources import ComponentResource, ResourceError, load_components, validate_component
+from runtime.metrics import Metrics, MetricsServer
+from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
+from runtime.resource_monitor import ResourceMonitor
+from runtime.resources import (
+    ComponentResource,
+    ResourceError,
+    load_components,
+    load_subscriptions,
+    validate_component,
+)
 from runtime.secrets import Redactor, SecretsBlock, init_order, resolve_references, secret_values
 from runtime.state import StateBlock, StoreEntry, key_prefix
+from runtime.status import Registration, register, unregister
+from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 
 log = logging.getLogger("pillion")
 
@@ -41,8 +55,13 @@ class SidecarOptions:
     log_level: str = "info"
     # How long in-flight work (deliveries to the app) may take to finish once stopping.
     drain_timeout: float = 5.0
+    # DAPR_API_TOKEN: when set, every API call but the health probes must carry it.
+    api_token: str | None = None
     # --config: the Configuration resource (secret scopes, API switches).
     config_file: Path | None = None
+    # --enable-metrics / --metrics-port: Prometheus text on its own loopback port.
+    enable_metrics: bool = True
+    metrics_port: int = 9090
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -58,7 +77,8 @@ class LoadedComponent:
 
 
 def default_components(options: SidecarOptions) -> list[ComponentResource]:
-    """With no resources path: a durable SQLite state store named ``statestore``."""
+    """With no resources path: a durable SQLite state store named ``statestore`` and a durable
+    SQLite pubsub named ``pubsub``."""
     data_dir = options.resolved_data_dir
     return [
         ComponentResource(
@@ -67,7 +87,14 @@ def default_components(options: SidecarOptions) -> list[ComponentResource]:
             version="v1",
             metadata={"connectionString": str(data_dir / "state.db")},
             file=Path("<embedded default>"),
-        )
+        ),
+        ComponentResource(
+            name="pubsub",
+            type="pubsub.sqlite",
+            version="v1",
+            metadata={"connectionString": str(data_dir / "pubsub.db")},
+            file=Path("<embedded default>"),
+        ),
     ]
 
 
@@ -80,6 +107,10 @@ class Sidecar:
         self.options = options
         self.components: list[LoadedComponent] = []
         self.state = StateBlock(options.app_id, [])
+        self.pubsub = PubSubBlock(options.app_id, [])
+        self.declared_subscriptions: list[Subscription] = []
+        # A problem found after serving began (the app's subscriptions): stop, then exit with it.
+        self._fatal: str | None = None
         self.configuration = Configuration()
         self.secrets = SecretsBlock({}, {})
         self.redactor = Redactor()
@@ -89,6 +120,10 @@ class Sidecar:
         self._server: _Server | None = None
         # Set with PUT /v1.0/metadata/{key}; shown under "extended" in /v1.0/metadata.
         self.extended: dict[str, str] = {}
+        self.metrics = Metrics(options.app_id)
+        self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self._metrics_server: MetricsServer | None = None
+        self._registration: Path | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -96,7 +131,13 @@ class Sidecar:
         if self.options.config_file is not None:
             self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
-            return load_components(self.options.resources_paths, self.options.app_id)
+            components = load_components(self.options.resources_paths, self.options.app_id)
+            subscriptions = load_subscriptions(self.options.resources_paths, self.options.app_id)
+            try:
+                self.declared_subscriptions = [from_resource(s) for s in subscriptions]
+            except SubscriptionError as exc:
+                raise StartupError(str(exc)) from None
+            return components
         defaults = default_components(self.options)
         for resource in defaults:
             validate_component(resource)
@@ -105,6 +146,7 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         data_dir = self.options.resolved_data_dir
         stores: list[StoreEntry] = []
+        brokers: list[BrokerEntry] = []
         secret_stores: dict[str, SecretStore] = {}
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
@@ -129,8 +171,15 @@ class Sidecar:
                     raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
                 stores.append(StoreEntry(resource.name, store, prefix))
                 loaded.capabilities = StateBlock.capabilities(store)
-        self.state = StateBlock(self.options.app_id, stores)
-        self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes)
+            if resource.building_block == "pubsub":
+                broker: PubSub = loaded.instance  # type: ignore[assignment]
+                scopes = TopicScopes.from_metadata(loaded.metadata, self.options.app_id)
+                brokers.append(BrokerEntry(resource.name, broker, scopes, loaded.metadata))
+                loaded.capabilities = sorted(str(f) for f in broker.features)
+        self.state = StateBlock(self.options.app_id, stores, self.metrics)
+        self.pubsub = PubSubBlock(self.options.app_id, brokers, self.metrics)
+        self.pubsub.declare(self.declared_subscriptions)
+        self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes, self.metrics)
         self.components_ready = True
 
     def _encrypt_at_rest(self, loaded: LoadedComponent, store: StateStore) -> StateStore:
@@ -171,6 +220,8 @@ class Sidecar:
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        # Deliveries in flight finish (within drain_timeout) before their brokers close.
+        await self.pubsub.stop_subscriptions(self.options.drain_timeout)
         for loaded in reversed(self.components):
             try:
                 await loaded.instance.close()
@@ -196,11 +247,40 @@ class Sidecar:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            self.app_reachable = True
             log.info("app is reachable on port %d", self.options.app_port)
+            await self._start_subscriptions()
+            self.app_reachable = True
             return
 
+    async def _start_subscriptions(self) -> None:
+        """GET /dapr/subscribe, then deliver; daprd does this only when a pubsub is loaded."""
+        assert self.options.app_port is not None
+        if not self.pubsub.has_brokers:
+            return
+        from runtime.app_channel import AppChannel
+
+        channel = AppChannel(self.options.app_channel_address, self.options.app_port, self.options.app_id)
+        try:
+            await self.pubsub.start_subscriptions(channel)
+        except SubscriptionError as exc:
+            log.error("%s", exc)
+            self._fatal = str(exc)
+            self.request_stop()
+
     # --- runtime information -------------------------------------------------------------------
+
+    async def unreachable_components(self, timeout: float = 1.0) -> list[str]:
+        """Names of components whose backend does not answer a ping right now."""
+
+        async def check(loaded: LoadedComponent) -> str | None:
+            try:
+                await asyncio.wait_for(loaded.instance.ping(), timeout)
+            except Exception:
+                return loaded.resource.name
+            return None
+
+        results = await asyncio.gather(*(check(c) for c in self.components))
+        return [name for name in results if name is not None]
 
     def not_ready(self) -> list[str]:
         waiting = []
@@ -233,6 +313,9 @@ class Sidecar:
         ]
         if components:
             body["components"] = components
+        subscriptions = self.pubsub.describe_subscriptions()
+        if subscriptions:
+            body["subscriptions"] = subscriptions
         return body
 
     # --- serving -------------------------------------------------------------------------------
@@ -276,9 +359,12 @@ class Sidecar:
         )
         self._server = server
         try:
+            await self._start_metrics_server()
             await self.start_components(resources)
             if self.options.app_port is not None:
                 self.spawn(self._wait_for_app_port())
+            elif self.pubsub.has_brokers:
+                log.info("no --app-port: pub/sub subscriptions are not started")
             log.info(
                 "pillion %s serving app %r on http://%s:%d",
                 __version__,
@@ -286,12 +372,64 @@ class Sidecar:
                 self.options.host,
                 self.options.http_port,
             )
+            self._announce()
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
             await self.stop_components()
             sock.close()
+            await self._stop_observability()
             log.info("pillion stopped")
+        if self._fatal is not None:
+            raise StartupError(self._fatal)
+
+    # --- observability -------------------------------------------------------------------------
+
+    def _app_pid(self) -> int | None:
+        # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.
+        value = self.extended.get("appPID", "")
+        return int(value) if value.isdigit() else None
+
+    async def _start_metrics_server(self) -> None:
+        """Serve /metrics on loopback; a port in use costs the metrics, never the sidecar."""
+        if not self.options.enable_metrics:
+            return
+        server = MetricsServer(self.metrics, "127.0.0.1", self.options.metrics_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.warning(
+                "metrics are not served: cannot listen on 127.0.0.1:%d: %s",
+                self.options.metrics_port,
+                exc.strerror or exc,
+            )
+            return
+        self._metrics_server = server
+        log.info("metrics on http://127.0.0.1:%d/metrics", server.port)
+
+    def _announce(self) -> None:
+        """Make this sidecar visible to `pillion status` while it serves."""
+        entry = Registration(
+            app_id=self.options.app_id,
+            pid=os.getpid(),
+            host=self.options.host,
+            http_port=self.options.http_port,
+            metrics_port=self._metrics_server.port if self._metrics_server else None,
+            started=time.time(),
+            version=__version__,
+        )
+        try:
+            self._registration = register(entry)
+        except OSError as exc:
+            log.warning("pillion status will not list this sidecar: %s", exc)
+
+    async def _stop_observability(self) -> None:
+        if self._registration is not None:
+            unregister(self._registration)
+            self._registration = None
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
+            self._metrics_server = None
 
     @property
     def serving(self) -> bool:

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from components.state.base import (
     DeleteOp,
@@ -27,6 +27,9 @@ from components.state.base import (
 )
 from components.state.query import QueryPage, parse_query
 from runtime.errors import APIError, bad_request, error_info, help_link, resource_info
+
+if TYPE_CHECKING:
+    from runtime.metrics import Metrics
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 CONCURRENCY = frozenset({"", "first-write", "last-write"})
@@ -111,9 +114,15 @@ def check_key(store: str, key: str) -> None:
 
 
 class StateBlock:
-    def __init__(self, app_id: str, stores: Sequence[StoreEntry]) -> None:
+    def __init__(self, app_id: str, stores: Sequence[StoreEntry], metrics: Metrics | None = None) -> None:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
+        self.metrics = metrics
+
+    def _failed(self, store: str, operation: str) -> None:
+        """Count a failure of the store itself (not of the caller's input or an etag check)."""
+        if self.metrics is not None:
+            self.metrics.component_error(store, operation)
 
     def entry(self, name: str) -> StoreEntry:
         entry = self._stores.get(name)
@@ -141,6 +150,7 @@ class StateBlock:
         try:
             return await entry.store.get(entry.prefix + key)
         except Exception as exc:
+            self._failed(store, "get")
             raise APIError(
                 500, "ERR_STATE_GET", f"fail to get {key} from state store {store}: {exc}"
             ) from exc
@@ -154,6 +164,7 @@ class StateBlock:
         try:
             return await entry.store.bulk_get([entry.prefix + key for key in keys])
         except Exception as exc:
+            self._failed(store, "bulk_get")
             raise APIError(
                 500, "ERR_STATE_BULK_GET", f"failed getting state from state store {store}: {exc}"
             ) from exc
@@ -201,6 +212,7 @@ class StateBlock:
             )
         if any(isinstance(e, ETagInvalid) for e in errors):
             raise APIError(400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+        self._failed(store, "set")
         raise APIError(500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
 
     async def delete(self, store: str, item: DeleteItem) -> None:
@@ -219,6 +231,8 @@ class StateBlock:
         except ETagInvalid as exc:
             raise APIError(400, "ERR_STATE_DELETE", f"{prefix}: {exc}") from None
         except Exception as exc:
+            if not isinstance(exc, OptionError):
+                self._failed(store, "delete")
             raise APIError(500, "ERR_STATE_DELETE", f"{prefix}: {exc}") from exc
 
     def transactional(self, store: str) -> TransactionalStateStore:
@@ -272,6 +286,8 @@ class StateBlock:
                 f"error while executing state transaction: {exc} (key {key!r})",
             ) from None
         except Exception as exc:
+            if not isinstance(exc, OptionError):
+                self._failed(store, "transact")
             raise APIError(
                 500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
             ) from exc

@@ -8,10 +8,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 import redis
 
+from tests.postgres_support import HOW_TO_GET_POSTGRES, private_database, server_url
 from tests.support import free_port
 
 HOW_TO_GET_REDIS = (
@@ -70,3 +73,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private database for this session on PILLION_POSTGRES_URL's server (or the local one)."""
+    server = server_url()
+    try:
+        with private_database(server) as url:
+            yield url
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        where = urlsplit(server)
+        pytest.fail(f"PostgreSQL at {where.hostname}:{where.port or 5432}: {exc}. {HOW_TO_GET_POSTGRES}")

@@ -40,4 +40,16 @@ def redis(name: str, workdir: Path, redis_url: str) -> str:
     return component(name, "state.redis", redis_metadata(redis_url))
 
 
-STORES: dict[str, StoreFactory] = {"in-memory": in_memory, "sqlite": sqlite, "redis": redis}
+def postgresql(name: str, workdir: Path, postgres_url: str) -> str:
+    # A short sweep interval, so that the cleanup task runs (and so is exercised) during the suite.
+    return component(name, "state.postgresql", {"connectionString": postgres_url, "cleanupInterval": "1s"})
+
+
+STORES: dict[str, StoreFactory] = {
+    "in-memory": in_memory,
+    "sqlite": sqlite,
+    "redis": redis,
+    "postgresql": postgresql,
+}
+# The fixture giving the URL of the service a store needs (the factories' third argument).
+SERVICE_FIXTURES: dict[str, str] = {"redis": "redis_url", "postgresql": "postgres_url"}

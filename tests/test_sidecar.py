@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -143,13 +145,17 @@ def test_healthz_waits_for_the_app_port(tmp_path: Path) -> None:
         assert health.json()["errorCode"] == "ERR_HEALTH_NOT_READY"
         assert httpx.get(sidecar.url + "/v1.0/healthz/outbound").status_code == 204
         assert httpx.get(sidecar.url + "/v1.0/metadata").json()["appConnectionProperties"]["port"] == app_port
-        with socket.socket() as app:
-            app.bind(("127.0.0.1", app_port))
-            app.listen()
-            deadline = time.monotonic() + 5
+        # A real HTTP app (it answers 404 to everything, /dapr/subscribe included).
+        app = http.server.ThreadingHTTPServer(("127.0.0.1", app_port), http.server.BaseHTTPRequestHandler)
+        threading.Thread(target=app.serve_forever, daemon=True).start()
+        try:
+            deadline = time.monotonic() + 10
             while httpx.get(sidecar.url + "/v1.0/healthz").status_code != 204:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+        finally:
+            app.shutdown()
+            app.server_close()
         wrong = httpx.get(sidecar.url + "/v1.0/healthz?appid=other")
         assert wrong.json()["errorCode"] == "ERR_HEALTH_APPID_NOT_MATCH"
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.state_support import STORES
+from tests.state_support import SERVICE_FIXTURES, STORES
 from tests.support import SidecarProcess, start_sidecar
 
 STORE = "statestore"
@@ -29,10 +29,11 @@ def sidecar(
 ) -> Iterator[SidecarProcess]:
     kind: str = request.param
     workdir: Path = tmp_path_factory.mktemp(f"state-{kind}")
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    service = SERVICE_FIXTURES.get(kind)
+    service_url = request.getfixturevalue(service) if service else ""
     proc = start_sidecar(
         workdir,
-        resources={"statestore.yaml": STORES[kind](STORE, workdir, redis_url)},
+        resources={"statestore.yaml": STORES[kind](STORE, workdir, service_url)},
         extra_args=["--max-body-size", "64Ki"],
     )
     proc.kind = kind  # type: ignore[attr-defined]

@@ -9,12 +9,14 @@ backoff and dead-lettering are the runtime's job, inside the handler.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Protocol
 
 from components.base import Component
+from components.metadata import parse_duration
 
 
 class PubSubFeature(StrEnum):
@@ -22,6 +24,39 @@ class PubSubFeature(StrEnum):
     # The broker drops a message whose TTL ran out by itself (the runtime then needs no
     # ``expiration`` field in the envelope).
     MESSAGE_TTL = "MESSAGE_TTL"
+
+
+_GO_ZERO = re.compile(r"^[-+]?0$")
+_INTEGER = re.compile(r"^[-+]?[0-9]+$")
+# Go's time.ParseDuration: every number carries a unit, no spaces.
+_GO_DURATION = re.compile(r"^[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+$")
+
+
+def message_ttl(metadata: Mapping[str, str]) -> float | None:
+    """A message's time to live in seconds from Dapr's ``ttl`` / ``ttlInSeconds`` metadata.
+
+    Read as components-contrib reads it (names matched case-insensitively, ``ttl`` first): a Go
+    duration (a negative one means 0) or a whole number of seconds above zero. ``None`` when no TTL
+    is given; ``ValueError`` with Dapr's wording when the value cannot be read. Shared so that the
+    runtime and brokers with ``MESSAGE_TTL`` read a TTL the same way.
+    """
+    value = ""
+    for wanted in ("ttl", "ttlinseconds"):
+        value = next((v for k, v in metadata.items() if k.lower() == wanted), "")
+        if value:
+            break
+    if not value:
+        return None
+    if _GO_ZERO.match(value):
+        return 0.0
+    if _INTEGER.match(value):
+        seconds = int(value)
+        if seconds <= 0:
+            raise ValueError(f"ttl value must be higher than zero: actual is '{seconds}'")
+        return float(seconds)
+    if not _GO_DURATION.match(value):
+        raise ValueError(f"ttl value must be a valid integer: actual is '{value}'")
+    return max(0.0, parse_duration(value.replace("μs", "us")))
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from components.base import Component
 from components.state.query import Query, QueryPage
@@ -69,7 +69,9 @@ class StateStore(Component, Protocol):
     without an etag succeeds only when the key does not exist (or has expired).
     """
 
-    features: ClassVar[frozenset[StateFeature]]
+    # A property here so that a wrapper (components/state/encryption.py) can report its own set.
+    @property
+    def features(self) -> frozenset[StateFeature]: ...
 
     async def get(self, key: str) -> StoredItem | None: ...
 

@@ -13,7 +13,9 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, direct_invoke_missing_app_id
-from runtime.http import runtime_api, secrets, state
+from runtime.http import pubsub, runtime_api, secrets, state
+from runtime.http.auth import TokenMiddleware
+from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.wire import PathUnescapeError, error_response
 
 if TYPE_CHECKING:
@@ -129,6 +131,17 @@ def state_routes() -> list[BaseRoute]:
     ]
 
 
+def pubsub_routes() -> list[BaseRoute]:
+    write = ["POST", "PUT"]
+    return [
+        route("/publish/bulk/{pubsub}/{topic:path}", pubsub.bulk_publish, write),
+        route("/publish/bulk/{pubsub}/{topic:path}", pubsub.bulk_publish, write, version="v1.0-alpha1"),
+        route("/publish/{pubsub}/{topic:path}", pubsub.publish, write),
+        # `/publish/p/` arrives here with its slash dropped: daprd answers ERR_TOPIC_NAME_EMPTY.
+        route("/publish/{pubsub}", pubsub.publish, write),
+    ]
+
+
 def secrets_routes() -> list[BaseRoute]:
     return [
         route("/secrets/{store}/bulk", secrets.bulk_get_secret, ["GET"]),
@@ -152,7 +165,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = runtime_routes() + state_routes() + secrets_routes() + (extra_routes or [])
+    routes = runtime_routes() + state_routes() + pubsub_routes() + secrets_routes() + (extra_routes or [])
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
@@ -162,4 +175,11 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
     app.router.redirect_slashes = False  # DaprPathMiddleware already cleaned the path
     app.state.sidecar = sidecar
     app.state.max_body_size = sidecar.options.max_body_size
-    return DaprPathMiddleware(app)
+    guarded: ASGIApp = app
+    if sidecar.options.api_token:
+        guarded = TokenMiddleware(app, sidecar.options.api_token)
+    if sidecar.options.enable_metrics:
+        # Inside the path cleaning, so the block is read from the clean path; outside the token
+        # check, so rejected calls are counted too.
+        guarded = RequestMetricsMiddleware(guarded, sidecar.metrics)
+    return DaprPathMiddleware(guarded)

@@ -37,8 +37,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def healthz_outbound(request: Request) -> Response:
-    if not _sidecar(request).components_ready:
+    sidecar = _sidecar(request)
+    if not sidecar.components_ready:
         raise APIError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+    # Pillion also pings the backends, so a probe sees a Redis that went away (daprd does not).
+    down = await sidecar.unreachable_components()
+    if down:
+        raise APIError(
+            500, "ERR_OUTBOUND_HEALTH_NOT_READY", f"dapr outbound is not ready: unreachable {', '.join(down)}"
+        )
     return no_content()
 
 

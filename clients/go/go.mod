@@ -1,0 +1,3 @@
+module pillion
+
+go 1.19

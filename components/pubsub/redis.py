@@ -1,0 +1,476 @@
+"""``pubsub.redis``: Redis Streams with consumer groups, framed as Dapr frames its messages.
+
+A topic is a stream. Publishing is ``XADD <topic> * data <bytes> [metadata <json>]``, so Dapr
+sidecars and Pillion sidecars can publish to and consume from the same streams. Each app is a
+consumer group (``consumerID``, by default the app id); each subscription in each sidecar process
+is a consumer with a name of its own, so sidecars of one app compete for messages and different
+apps each get every message.
+
+At-least-once delivery, and how it differs from Dapr's component (see docs/pubsub-redis.md):
+
+* A message is acknowledged (``XACK``) only after its handler returned normally. A handler that
+  raises leaves the message pending; it is claimed again once it has been idle for
+  ``processingTimeout``.
+* The reader asks Redis only for as many messages as the subscription has free handler slots, so
+  no message ages in a local buffer while Redis counts it as being processed
+  (components-contrib#4599).
+* While a handler runs, its message's idle time is reset every third of ``processingTimeout``
+  (``XCLAIM ... JUSTID`` to ourselves), so a slow handler does not see its message handed to another
+  consumer, and handlers are not cut off at ``processingTimeout`` (dapr#3481, dapr#5364).
+* Messages whose consumer died are claimed with ``XAUTOCLAIM`` every ``redeliverInterval``; IDs this
+  subscription still holds are never dispatched twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT, StreamEntry, StreamIdT
+
+from components.base import ComponentContext
+from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
+
+log = logging.getLogger("pillion.pubsub.redis")
+
+_MS = 0.001
+# How long a reader waits for new entries when readTimeout is -1 (no socket timeout).
+_DEFAULT_BLOCK_SECONDS = 3.0
+# XAUTOCLAIM (Redis 6.2) is what reclaims messages of dead consumers.
+_MIN_SERVER_VERSION = (6, 2)
+_FIRST_ID = "0-0"
+
+_STREAM_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "consumerID",
+            default="",
+            description="Consumer group name (default: the app id). `{appID}`, `{uuid}`, `{podName}` "
+            "and `{namespace}` are replaced, as in Dapr.",
+        ),
+        MetadataField(
+            "processingTimeout",
+            FieldType.DURATION,
+            default=60.0,
+            bare_unit_seconds=_MS,
+            description="How long a message must sit unacknowledged, with no live handler renewing it, "
+            "before another consumer may take it; 0 turns redelivery off.",
+        ),
+        MetadataField(
+            "redeliverInterval",
+            FieldType.DURATION,
+            default=15.0,
+            bare_unit_seconds=_MS,
+            description="How often to look for messages to redeliver; 0 turns redelivery off. "
+            "Duration strings such as `30s` work (Dapr ignores them).",
+        ),
+        MetadataField(
+            "queueDepth",
+            FieldType.INTEGER,
+            default=100,
+            description="Most messages fetched by one read (never more than the free handler slots).",
+        ),
+        MetadataField(
+            "concurrency",
+            FieldType.INTEGER,
+            default=10,
+            description="Most handlers in flight per subscription (the lower of this and the "
+            "subscription's own limit); 1 gives in-order delivery.",
+        ),
+        MetadataField(
+            "maxLenApprox",
+            FieldType.INTEGER,
+            description="Trim each stream on publish to about this many entries (`XADD MAXLEN ~`).",
+        ),
+        MetadataField(
+            "streamTTL",
+            FieldType.DURATION,
+            bare_unit_seconds=_MS,
+            description="Trim entries older than this on publish (`XADD MINID ~`).",
+        ),
+    )
+)
+
+
+def _consumer_group(template: str, app_id: str) -> str:
+    if not template:
+        return app_id
+    values = {
+        "{appID}": app_id,
+        "{uuid}": str(uuid.uuid4()),
+        "{podName}": os.environ.get("POD_NAME") or socket.gethostname(),
+        "{namespace}": os.environ.get("NAMESPACE", ""),
+    }
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, value)
+    return template
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisPubSub:
+    schema: ClassVar[MetadataSchema] = CONNECTION_FIELDS + _STREAM_FIELDS
+    features: ClassVar[frozenset[PubSubFeature]] = frozenset()
+
+    def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
+        self.settings = RedisSettings.from_metadata(metadata)
+        self.name = context.name
+        self.group = _consumer_group(str(metadata["consumerID"]), context.app_id)
+        # Unique per process, so that sidecars sharing an app id are distinct consumers of the
+        # group: a message read by one is never mistaken for another's.
+        self.consumer_prefix = f"{self.group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.processing_timeout: float = metadata["processingTimeout"]
+        self.redeliver_interval: float = metadata["redeliverInterval"]
+        self.queue_depth: int = metadata["queueDepth"]
+        self.concurrency: int = metadata["concurrency"]
+        for name in ("queueDepth", "concurrency"):
+            if metadata[name] < 1:
+                raise MetadataError(name, "must be at least 1")
+        for name in ("processingTimeout", "redeliverInterval", "streamTTL"):
+            if (metadata[name] or 0) < 0:
+                raise MetadataError(name, "must not be negative")
+        self._xadd_trim: dict[str, Any] = {}
+        max_len, ttl = metadata["maxLenApprox"], metadata["streamTTL"]
+        if max_len is not None and max_len < 0:
+            raise MetadataError("maxLenApprox", "must not be negative")
+        if max_len and ttl:
+            log.warning(
+                "pubsub %s: both maxLenApprox and streamTTL are set; trimming by maxLenApprox only", self.name
+            )
+        if max_len:
+            self._xadd_trim = {"maxlen": max_len, "approximate": True}
+        self._stream_ttl_ms = int(ttl * 1000) if ttl and not max_len else 0
+        self.block_seconds = self.settings.read_timeout or _DEFAULT_BLOCK_SECONDS
+        self._client: Redis | None = None
+        self._reader: Redis | None = None
+        self._subscriptions: set[StreamSubscription] = set()
+        self._count = 0
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def init(self) -> None:
+        client = build_client(self.settings)
+        try:
+            await client.ping()
+            server = await client.info("server")
+        except RedisError as exc:
+            await client.aclose()
+            raise RuntimeError(f"cannot reach Redis at {self.settings.address}: {exc}") from None
+        version = tuple(int(part) for part in str(server.get("redis_version", "0.0")).split(".")[:2])
+        if version < _MIN_SERVER_VERSION:
+            await client.aclose()
+            raise RuntimeError(
+                f"Redis at {self.settings.address} is version {server.get('redis_version')}; "
+                "pubsub.redis needs 6.2 or newer (XAUTOCLAIM)"
+            )
+        self._client = client
+        self._reader = build_client(self.settings, blocking_for=self.block_seconds)
+
+    async def close(self) -> None:
+        subscriptions, self._subscriptions = list(self._subscriptions), set()
+        await asyncio.gather(*(s.close() for s in subscriptions))
+        for client in (self._reader, self._client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._reader = None
+
+    async def ping(self) -> None:
+        await self._redis().ping()
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError(f"pubsub {self.name} is not connected")
+        return self._client
+
+    # --- publish and subscribe --------------------------------------------------------------
+
+    async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
+        fields: dict[FieldT, EncodableT] = {"data": data}
+        if metadata:
+            fields["metadata"] = json.dumps(metadata)
+        trim = self._xadd_trim
+        if self._stream_ttl_ms:
+            # Entries older than the TTL go; "-1" keeps an entry added in that very millisecond.
+            trim = {"minid": f"{int(time.time() * 1000) - self._stream_ttl_ms}-1", "approximate": True}
+        await self._redis().xadd(topic, fields, **trim)
+
+    async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> StreamSubscription:
+        if self._reader is None:
+            raise RuntimeError(f"pubsub {self.name} is not connected")
+        self._count += 1
+        subscription = StreamSubscription(
+            owner=self,
+            client=self._redis(),
+            reader=self._reader,
+            topic=topic,
+            consumer=f"{self.consumer_prefix}-{self._count}",
+            handler=handler,
+            slots=max(1, min(options.concurrency, self.concurrency)),
+        )
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def forget(self, subscription: StreamSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+
+class StreamSubscription:
+    """One consumer of one stream: a read loop, the handlers it started, and their lease renewal."""
+
+    def __init__(
+        self,
+        *,
+        owner: RedisPubSub,
+        client: Redis,
+        reader: Redis,
+        topic: str,
+        consumer: str,
+        handler: Handler,
+        slots: int,
+    ) -> None:
+        self.owner = owner
+        self.topic = topic
+        self.group = owner.group
+        self.consumer = consumer
+        self._client = client
+        self._reader = reader
+        self._handler = handler
+        self._slots = slots
+        # Entry IDs handed to a handler that has not finished yet.
+        self._held: set[str] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._redelivery = owner.processing_timeout > 0 and owner.redeliver_interval > 0
+        self._min_idle_ms = max(1, int(owner.processing_timeout * 1000))
+        self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        await self._create_group()
+        self._loop_task = asyncio.create_task(self._consume(), name=f"redis-stream-{self.topic}")
+        if self.owner.processing_timeout > 0:
+            self._renew_task = asyncio.create_task(self._renew_leases(), name=f"redis-lease-{self.topic}")
+
+    async def close(self) -> None:
+        """Stop reading, let the handlers in flight finish (acking those that succeed), then leave."""
+        if self._closed:
+            return
+        self._closed = True
+        self.owner.forget(self)
+        await _cancel(self._loop_task)
+        try:
+            if self._handlers:
+                await asyncio.wait(self._handlers)
+        except asyncio.CancelledError:
+            # Our caller gave up waiting: the unfinished messages stay pending, for redelivery.
+            for task in self._handlers:
+                task.cancel()
+            raise
+        finally:
+            await _cancel(self._renew_task)
+        await self._leave_group()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _create_group(self) -> None:
+        try:
+            # Start ID 0: a new group first gets everything already in the stream, as in Dapr.
+            await self._client.xgroup_create(self.topic, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+
+    async def _consume(self) -> None:
+        owner = self.owner
+        next_reclaim = time.monotonic() if self._redelivery else float("inf")
+        cursor = _FIRST_ID
+        failures = 0
+        while True:
+            while len(self._held) >= self._slots:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            free = min(self._slots - len(self._held), owner.queue_depth)
+            try:
+                now = time.monotonic()
+                if now >= next_reclaim:
+                    cursor, entries = await self._reclaim(cursor, free)
+                    if cursor == _FIRST_ID:  # the whole pending list was scanned
+                        next_reclaim = now + owner.redeliver_interval
+                else:
+                    block = min(owner.block_seconds, next_reclaim - now)
+                    reply = await self._reader.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        {self.topic: ">"},
+                        count=free,
+                        block=max(1, int(block * 1000)),
+                    )
+                    # RESP2 (our clients' protocol) answers [[stream, entries]].
+                    entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                self._dispatch(entries)
+                failures = 0
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    # The stream or the group is gone (server flushed or restarted without data).
+                    log.warning(
+                        "pubsub %s: consumer group %r of %r is gone; creating it again",
+                        owner.name,
+                        self.group,
+                        self.topic,
+                    )
+                    await self._pause(failures, self._create_group)
+                else:
+                    log.error("pubsub %s: reading %r failed: %s", owner.name, self.topic, exc)
+                    await self._pause(failures)
+                failures += 1
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if failures == 0:
+                    log.warning(
+                        "pubsub %s: lost Redis while reading %r (%s); retrying", owner.name, self.topic, exc
+                    )
+                await self._pause(failures)
+                failures += 1
+            except Exception:
+                log.exception("pubsub %s: unexpected error reading %r", owner.name, self.topic)
+                await self._pause(failures)
+                failures += 1
+
+    async def _pause(self, failures: int, then: Any = None) -> None:
+        await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+        if then is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await then()
+
+    async def _reclaim(self, cursor: str, count: int) -> tuple[str, Sequence[StreamEntry]]:
+        """Claim up to ``count`` messages idle for ``processingTimeout`` (their consumer died, or
+        their handler failed), continuing the scan of the pending list from ``cursor``."""
+        reply = await self._client.xautoclaim(
+            self.topic, self.group, self.consumer, self._min_idle_ms, start_id=cursor, count=count
+        )
+        # Redis 7 also returns IDs of entries trimmed from the stream; it dropped them from the
+        # pending list itself. Redis 6.2 returns them as empty entries, skipped in _dispatch.
+        return _text(reply[0]), reply[1]
+
+    def _dispatch(self, entries: Sequence[StreamEntry]) -> None:
+        for raw_id, fields in entries:
+            if raw_id is None or fields is None:
+                continue
+            entry_id = _text(raw_id)
+            if entry_id in self._held:
+                # Already being handled here; its lease is renewed, so this is only a late renewal.
+                continue
+            self._held.add(entry_id)
+            task = asyncio.create_task(self._handle(entry_id, fields))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    # --- handling -----------------------------------------------------------------------------
+
+    def _message(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> Message:
+        metadata: dict[str, str] = {}
+        raw_metadata = fields.get(b"metadata")
+        if raw_metadata:
+            try:
+                decoded = json.loads(raw_metadata)
+                metadata = {str(k): str(v) for k, v in decoded.items()}
+            except (ValueError, AttributeError):
+                log.warning(
+                    "pubsub %s: message %s on %r has unreadable metadata; ignoring it",
+                    self.owner.name,
+                    entry_id,
+                    self.topic,
+                )
+        data = fields.get(b"data", b"")
+        return Message(self.topic, data if isinstance(data, bytes) else data.encode(), metadata, entry_id)
+
+    async def _handle(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> None:
+        try:
+            try:
+                await self._handler(self._message(entry_id, fields))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "pubsub %s: handling message %s on %r failed (%s); it stays pending and is "
+                    "redelivered after processingTimeout",
+                    self.owner.name,
+                    entry_id,
+                    self.topic,
+                    exc or type(exc).__name__,
+                )
+                return
+            try:
+                await self._client.xack(self.topic, self.group, entry_id)
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "pubsub %s: acknowledging message %s on %r failed (%s); it will be delivered again",
+                    self.owner.name,
+                    entry_id,
+                    self.topic,
+                    exc,
+                )
+        finally:
+            self._held.discard(entry_id)
+            self._slot_freed.set()
+
+    async def _renew_leases(self) -> None:
+        """Keep the idle time of messages being handled here well below ``processingTimeout``."""
+        every = max(0.05, self.owner.processing_timeout / 3)
+        while True:
+            await asyncio.sleep(every)
+            held: list[StreamIdT] = list(self._held)
+            if not held:
+                continue
+            try:
+                pass
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "pubsub %s: renewing %d message(s) on %r failed: %s",
+                    self.owner.name,
+                    len(held),
+                    self.topic,
+                    exc,
+                )
+
+    async def _leave_group(self) -> None:
+        """Remove this consumer from the group when it holds nothing, so consumers of stopped
+        sidecars do not pile up; one with pending entries stays, so those can be reclaimed."""
+        try:
+            summary = await self._client.xpending_range(
+                self.topic, self.group, min="-", max="+", count=1, consumername=self.consumer
+            )
+            if not summary:
+                await self._client.xgroup_delconsumer(self.topic, self.group, self.consumer)
+        except (RedisError, OSError) as exc:
+            log.debug("pubsub %s: leaving group %r on %r: %s", self.owner.name, self.group, self.topic, exc)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

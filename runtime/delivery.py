@@ -1,0 +1,315 @@
+"""Delivering messages to the app (reference sections 2.6 and 2.7).
+
+A :class:`Deliverer` is the handler a broker calls for each message of one subscription. It routes
+the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts are tried again
+with exponential backoff up to ``deliveryMaxAttempts``; then, as for DROP and 404, the message goes
+to the subscription's dead-letter topic if it has one, otherwise it is dropped with a warning.
+Either way the handler returns and the broker removes the message, so a poison message never
+blocks its topic. While the app's port is closed nothing is tried and no attempt is used up.
+
+The handler raises only when it could not settle the message (the dead-letter publish failed, or
+the sidecar is stopping): the broker then keeps the message and hands it out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from components.pubsub.base import Message
+from runtime import cloudevents
+from runtime.app_channel import AppChannel, AppUnreachable
+from runtime.subscriptions import RoutingError, Subscription
+
+if TYPE_CHECKING:
+    from runtime.metrics import Metrics
+
+log = logging.getLogger("pillion.pubsub")
+
+DEFAULT_CONCURRENCY = 10
+_BACKOFF_MULTIPLIER = 1.5
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Headers the sidecar sets itself; message metadata with these names is not passed on.
+_OWN_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "host",
+        "traceparent",
+        "tracestate",
+        "dapr-api-token",
+    }
+)
+
+DeadLetter = Callable[[str, Message], Awaitable[None]]
+
+
+class Outcome(Enum):
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    DROP = "DROP"
+
+
+def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
+    """What the app's answer means (section 2.7), with a reason for the log."""
+    if 200 <= status <= 299:
+        try:
+            answer = json.loads(body) if body.strip() else None
+        except ValueError:
+            return Outcome.SUCCESS, ""
+        if not isinstance(answer, dict):
+            return Outcome.SUCCESS, ""
+        value = next((v for k, v in answer.items() if k.lower() == "status"), None)
+        if value is None or value in ("", "SUCCESS") or not isinstance(value, str):
+            return Outcome.SUCCESS, ""
+        if value == "RETRY":
+            return Outcome.RETRY, "the app answered RETRY"
+        if value == "DROP":
+            return Outcome.DROP, "the app answered DROP"
+        return Outcome.RETRY, f"the app answered an unknown status {value!r}"
+    text = body[:200].decode("utf-8", errors="replace")
+    if status == 404:
+        return Outcome.DROP, f"the app answered 404 (non-retriable): {text}"
+    return Outcome.RETRY, f"the app answered {status}: {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    max_attempts: int
+    retry_interval: float
+    max_retry_interval: float
+    timeout: float | None
+    concurrency: int
+
+    @classmethod
+    def resolve(cls, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> DeliveryPolicy:
+        """The component's settings, each overridden by the subscription's metadata when given."""
+        merged = {**defaults, **overrides}
+        concurrency = merged.get("concurrency")
+        timeout = float(merged["deliveryTimeout"])
+        return cls(
+            max_attempts=int(merged["deliveryMaxAttempts"]),
+            retry_interval=float(merged["deliveryRetryInterval"]),
+            max_retry_interval=float(merged["deliveryMaxRetryInterval"]),
+            timeout=timeout if timeout > 0 else None,
+            concurrency=concurrency
+            if isinstance(concurrency, int) and concurrency > 0
+            else DEFAULT_CONCURRENCY,
+        )
+
+    def backoff(self, retry: int) -> float:
+        """The pause before retry number ``retry`` (0 for the first): exponential, with jitter."""
+        base = min(self.max_retry_interval, self.retry_interval * _BACKOFF_MULTIPLIER**retry)
+        return min(self.max_retry_interval, base * random.uniform(0.5, 1.5))
+
+
+class Deliverer:
+    def __init__(
+        self,
+        subscription: Subscription,
+        policy: DeliveryPolicy,
+        channel: AppChannel,
+        dead_letter: DeadLetter,
+        stopping: asyncio.Event,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.subscription = subscription
+        self.policy = policy
+        self._channel = channel
+        self._dead_letter = dead_letter
+        self._stopping = stopping
+        self._metrics = metrics
+        # Handler tasks now calling the app, and those waiting (backoff, app port closed).
+        self._calling: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._where = f"{subscription.pubsubname}/{subscription.topic}"
+        self._labels = (subscription.pubsubname, subscription.topic)
+
+    async def __call__(self, message: Message) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._calling.add(task)
+        try:
+            await self._handle(message)
+        finally:
+            self._calling.discard(task)
+            self._waiting.discard(task)
+
+    def cancel_all(self) -> None:
+        """Past the drain timeout: interrupt calls still running (their messages stay with the broker)."""
+        for task in self._calling | self._waiting:
+            task.cancel()
+
+    async def _handle(self, message: Message) -> None:
+        subscription = self.subscription
+        metadata = {**message.metadata, "pubsubName": subscription.pubsubname}
+        if subscription.raw_payload:
+            event = cloudevents.from_raw_payload(
+                message.data, topic=message.topic, pubsub=subscription.pubsubname, metadata=metadata
+            )
+            body = cloudevents.encode(event)
+        else:
+            body = message.data
+            try:
+                decoded = cloudevents.decode_plain(body)
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                await self._give_up(message, "the message is not a CloudEvent (not a JSON object)", 0)
+                return
+            event = decoded
+            for name in ("traceid", "traceparent", "tracestate"):
+                if name not in event and name in metadata:
+                    event[name] = metadata[name]
+        event_id = event.get("id")
+        if cloudevents.has_expired(event):
+            log.warning("dropping expired pub/sub event %s as of %s", event_id, event.get("expiration"))
+            if subscription.dead_letter_topic:
+                with contextlib.suppress(Exception):
+                    await self._dead_letter(subscription.dead_letter_topic, message)
+            return
+        try:
+            path = subscription.route(event)
+        except RoutingError as exc:
+            await self._give_up(message, f"routing event {event_id} failed: {exc}", 0)
+            return
+        if path is None:
+            log.debug("no matching route for event %s on %s; skipping", event_id, self._where)
+            if subscription.dead_letter_topic:
+                with contextlib.suppress(Exception):
+                    await self._dead_letter(subscription.dead_letter_topic, message)
+            return
+        await self._deliver(message, event, body, path if path.startswith("/") else "/" + path, metadata)
+
+    async def _deliver(
+        self, message: Message, event: dict[str, Any], body: bytes, path: str, metadata: dict[str, str]
+    ) -> None:
+        headers = _headers(metadata, event)
+        attempts = 0
+        while True:
+            if self._stopping.is_set():
+                _stop()
+            status = 0
+            sent = time.perf_counter()
+            try:
+                reply = await self._channel.post(path, body, headers, self.policy.timeout)
+            except AppUnreachable:
+                await self._wait(self._channel.wait_reachable())
+                continue
+            except Exception as exc:  # a timeout or broken connection counts as a failed try
+                outcome, reason = Outcome.RETRY, f"calling the app failed: {exc!r}"
+            else:
+                status = reply.status
+                outcome, reason = read_reply(reply.status, reply.body)
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.delivery_latency(*self._labels, time.perf_counter() - sent)
+            if outcome is Outcome.SUCCESS:
+                if metrics is not None:
+                    metrics.delivered(*self._labels)
+                return
+            event_id = event.get("id")
+            if outcome is Outcome.DROP:
+                level = logging.ERROR if status == 404 else logging.WARNING
+                log.log(level, "event %s on %s to %s dropped: %s", event_id, self._where, path, reason)
+                if self.subscription.dead_letter_topic:
+                    await self._send_to_dead_letter(message, event_id)
+                elif metrics is not None:
+                    metrics.dropped(*self._labels)
+                return
+            attempts += 1
+            limit = self.policy.max_attempts
+            if 0 <= limit <= attempts:
+                await self._give_up(message, f"event {event_id} to {path}: {reason}", attempts)
+                return
+            if metrics is not None:
+                metrics.retried(*self._labels)
+            delay = self.policy.backoff(attempts - 1)
+            log.warning(
+                "delivering event %s on %s to %s failed (try %d%s): %s; retrying in %.2fs",
+                event_id,
+                self._where,
+                path,
+                attempts,
+                f" of {limit}" if limit >= 0 else "",
+                reason,
+                delay,
+            )
+            await self._wait(asyncio.sleep(delay))
+
+    async def _wait(self, pause: Awaitable[None]) -> None:
+        """Wait for ``pause`` unless the sidecar starts stopping first."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._calling.discard(task)
+        self._waiting.add(task)
+        waiter = asyncio.ensure_future(pause)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((waiter, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (waiter, stopping):
+                future.cancel()
+            self._waiting.discard(task)
+            self._calling.add(task)
+        if self._stopping.is_set():
+            _stop()
+
+    async def _give_up(self, message: Message, reason: str, attempts: int) -> None:
+        tries = f" after {attempts} tries" if attempts else ""
+        topic = self.subscription.dead_letter_topic
+        if topic:
+            log.warning("%s: %s%s; sending it to dead-letter topic %s", self._where, reason, tries, topic)
+            await self._send_to_dead_letter(message, None)
+        else:
+            log.warning(
+                "%s: %s%s; dropping it (the subscription has no deadLetterTopic)", self._where, reason, tries
+            )
+            if self._metrics is not None:
+                self._metrics.dropped(*self._labels)
+
+    async def _send_to_dead_letter(self, message: Message, event_id: Any) -> None:
+        topic = self.subscription.dead_letter_topic
+        try:
+            await self._dead_letter(topic, message)
+        except Exception as exc:
+            if self._metrics is not None:
+                self._metrics.component_error(self.subscription.pubsubname, "publish")
+            # Raising keeps the message with the broker: it comes back rather than being lost.
+            log.error(
+                "sending event %s on %s to dead-letter topic %s failed: %s", event_id, self._where, topic, exc
+            )
+            raise
+        if self._metrics is not None:
+            self._metrics.dead_lettered(*self._labels)
+
+
+def _stop() -> None:
+    # The broker treats a cancelled handler as "not handled": the message is handed out again.
+    raise asyncio.CancelledError("the sidecar is stopping")
+
+
+def _headers(metadata: dict[str, str], event: dict[str, Any]) -> dict[str, bytes]:
+    headers = {"content-type": cloudevents.CLOUDEVENTS_JSON.encode()}
+    for name, value in metadata.items():
+        if name.lower() in _OWN_HEADERS or not _HEADER_NAME.match(name) or any(c in value for c in "\r\n\0"):
+            continue
+        headers[name] = value.encode("utf-8")
+    parent = event.get("traceparent") or event.get("traceid")
+    if isinstance(parent, str) and parent:
+        headers["traceparent"] = cloudevents.child_traceparent(parent).encode()
+        state = event.get("tracestate")
+        if isinstance(state, str) and state:
+            headers["tracestate"] = state.encode("utf-8")
+    return headers

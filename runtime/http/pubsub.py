@@ -1,0 +1,163 @@
+"""Publish endpoints (reference sections 2.1 and 2.3): parse Dapr's wire format, call the pubsub block."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime import cloudevents
+from runtime.errors import APIError, error_info
+from runtime.http.wire import JSON, field, no_content, path_param, query_metadata, read_body
+from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock, publish_failed
+
+_MISMATCH = "error: mismatch between contentType and event"
+
+
+def _block(request: Request) -> PubSubBlock:
+    block: PubSubBlock = request.app.state.sidecar.pubsub
+    return block
+
+
+def _target(request: Request, metadata: dict[str, str]) -> tuple[PubSubBlock, BrokerEntry, str]:
+    block = _block(request)
+    topic = path_param(request, "topic") if "topic" in request.path_params else ""
+    return block, block.entry(path_param(request, "pubsub"), topic, metadata), topic
+
+
+async def publish(request: Request) -> Response:
+    metadata = query_metadata(request)
+    block, entry, topic = _target(request, metadata)
+    body = await read_body(request)
+    publication = Publication(body, request.headers.get("content-type", ""), metadata)
+    await block.publish(
+        entry, topic, publication, request.headers.get("traceparent"), request.headers.get("tracestate", "")
+    )
+    return no_content()
+
+
+def _events_error(reason: str, message: str, pubsub: str, metadata: dict[str, str]) -> APIError:
+    details: list[dict[str, Any]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+            "description": message,
+            "owner": "",
+            "resource_name": pubsub,
+            "resource_type": "pubsub",
+        },
+        error_info(reason, metadata),
+    ]
+    return APIError(400, "ERR_PUBSUB_EVENTS_SER", message, details)
+
+
+def _event_bytes(event: Any, content_type: str) -> bytes:
+    """daprd's ConvertEventToBytes: the entry's event as the bytes its contentType calls for."""
+    if cloudevents.is_binary(content_type):
+        if not isinstance(event, str):
+            raise ValueError(_MISMATCH)
+        try:
+            return base64.b64decode(event.replace("\r", "").replace("\n", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(
+                f"error: unable to decode base64 application/octect-stream data: {exc}"
+            ) from None
+    if cloudevents.is_text(content_type):
+        if not isinstance(event, str):
+            raise ValueError(_MISMATCH)
+        return event.encode("utf-8")
+    if cloudevents.is_json(content_type) or cloudevents.is_cloudevent(content_type):
+        return cloudevents.go_marshal(event)
+    raise ValueError(_MISMATCH)
+
+
+def _entries(body: bytes, pubsub: str, topic: str, app_id: str, metadata: dict[str, str]) -> list[BulkEntry]:
+    def unreadable(problem: str) -> APIError:
+        return _events_error(
+            "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+            f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: {problem}",
+            pubsub,
+            {"appID": app_id},
+        )
+
+    try:
+        items = cloudevents.decode_plain(body)
+    except ValueError as exc:
+        raise unreadable(str(exc)) from None
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise unreadable("the body must be a JSON array of entries")
+    parsed: list[tuple[str, Any, str, dict[str, str] | None]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise unreadable("each entry must be an object")
+        entry_id, content_type, entry_meta = (
+            field(item, "entryId"),
+            field(item, "contentType"),
+            field(item, "metadata"),
+        )
+        if not isinstance(entry_id, str | None) or not isinstance(content_type, str | None):
+            raise unreadable("entryId and contentType must be strings")
+        if entry_meta is not None and (
+            not isinstance(entry_meta, dict) or not all(isinstance(v, str) for v in entry_meta.values())
+        ):
+            raise unreadable("metadata must be an object of strings")
+        parsed.append((entry_id or "", field(item, "event"), content_type or "", entry_meta))
+    entries: list[BulkEntry] = []
+    seen: set[str] = set()
+    for entry_id, event, content_type, entry_meta in parsed:
+        try:
+            data = _event_bytes(event, content_type)
+        except ValueError as exc:
+            raise _events_error(
+                "DAPR_PUBSUB_MARSHAL_ENVELOPE",
+                f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {exc}",
+                pubsub,
+                {"appID": app_id, "error": str(exc)},
+            ) from None
+        if not entry_id or entry_id in seen:
+            problem = "entryId is duplicated or not present for entry"
+            raise _events_error(
+                "DAPR_PUBSUB_MARSHAL_EVENTS",
+                f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
+                pubsub,
+                {"appID": app_id, "error": problem},
+            )
+        seen.add(entry_id)
+        # Request metadata reaches an entry only when the entry has metadata of its own (daprd).
+        merged = {**metadata, **entry_meta} if entry_meta is not None else {}
+        entries.append(BulkEntry(entry_id, Publication(data, content_type, merged)))
+    return entries
+
+
+async def bulk_publish(request: Request) -> Response:
+    metadata = query_metadata(request)
+    block, entry, topic = _target(request, metadata)
+    raw = block.raw_payload(entry, metadata)
+    body = await read_body(request)
+    entries = _entries(body, entry.name, topic, block.app_id, metadata)
+    failed = await block.bulk_publish(
+        entry, topic, entries, raw, request.headers.get("traceparent"), request.headers.get("tracestate", "")
+    )
+    if not failed:
+        return no_content()
+    answer = {
+        "failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failed],
+        "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
+    }
+    data = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+    error = publish_failed(entry.name, topic, failed[0].error)
+    headers = {"metadata.responseData": data, "metadata.error": error.message}
+    return Response(data.encode(), 500, _header_safe(headers), media_type=JSON)
+
+
+def _header_safe(headers: dict[str, str]) -> dict[str, str]:
+    # Header values are latin-1 on the wire: anything else is escaped as JSON would escape it.
+    return {
+        name: value if value.isascii() and "\n" not in value else json.dumps(value)[1:-1]
+        for name, value in headers.items()
+    }

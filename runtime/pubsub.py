@@ -1,0 +1,430 @@
+"""The pub/sub building block: publishing (CloudEvents, topic scopes) and the app's subscriptions.
+
+It talks to brokers only through ``components.pubsub.base``. Delivery to the app lives in
+``runtime.delivery``, which is imported only once subscriptions start (it needs the HTTP client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOptions, message_ttl
+from components.pubsub.base import Subscription as BrokerSubscription
+from runtime import cloudevents
+from runtime.errors import APIError, error_info
+from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
+
+if TYPE_CHECKING:
+    from runtime.app_channel import AppChannel
+    from runtime.delivery import Deliverer
+    from runtime.metrics import Metrics
+
+log = logging.getLogger("pillion.pubsub")
+
+
+# --- topic scopes (reference section 2.8) ------------------------------------------------------
+
+
+def _topics(text: str) -> list[str]:
+    return list(dict.fromkeys(text.replace(" ", "").split(","))) if text else []
+
+
+def _scoped_topics(text: str, app_id: str) -> list[str]:
+    found: list[str] = []
+    for part in text.replace(" ", "").split(";") if text else []:
+        app, equals, topics = part.partition("=")
+        if equals and app == app_id:
+            found.extend(topics.split(","))
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class TopicScopes:
+    allowed: frozenset[str] = frozenset()
+    protected: frozenset[str] = frozenset()
+    publishing: frozenset[str] = frozenset()
+    subscribing: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], app_id: str) -> TopicScopes:
+        return cls(
+            allowed=frozenset(_topics(str(metadata.get("allowedTopics") or ""))),
+            protected=frozenset(_topics(str(metadata.get("protectedTopics") or ""))),
+            publishing=frozenset(_scoped_topics(str(metadata.get("publishingScopes") or ""), app_id)),
+            subscribing=frozenset(_scoped_topics(str(metadata.get("subscriptionScopes") or ""), app_id)),
+        )
+
+    def _permits(self, topic: str, scoped: frozenset[str]) -> bool:
+        # daprd's IsOperationAllowed: allowedTopics first, then the app's own scope, which a
+        # protected topic requires.
+        if self.allowed and topic not in self.allowed:
+            return False
+        if topic not in self.protected and not scoped:
+            return True
+        return topic in scoped
+
+    def may_publish(self, topic: str) -> bool:
+        return self._permits(topic, self.publishing)
+
+    def may_subscribe(self, topic: str) -> bool:
+        return self._permits(topic, self.subscribing)
+
+
+# --- errors (reference sections 2.1, 2.3, 9) ---------------------------------------------------
+
+
+def _error(
+    status: int,
+    code: str,
+    reason: str,
+    message: str,
+    pubsub: str,
+    metadata: Mapping[str, str],
+    resource: bool = True,
+) -> APIError:
+    details: list[dict[str, Any]] = []
+    if resource:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                "description": message,
+                "owner": "",
+                "resource_name": pubsub,
+                "resource_type": "pubsub",
+            }
+        )
+    details.append(error_info(reason, dict(metadata)))
+    return APIError(status, code, message, details)
+
+
+def publish_failed(pubsub: str, topic: str, problem: str) -> APIError:
+    return _error(
+        500,
+        "ERR_PUBSUB_PUBLISH_MESSAGE",
+        "DAPR_PUBSUB_PUBLISH_MESSAGE",
+        f"error when publishing to topic {topic} in pubsub {pubsub}: {problem}",
+        pubsub,
+        {"topic": topic, "error": problem},
+    )
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+@dataclass
+class BrokerEntry:
+    name: str
+    broker: PubSub
+    scopes: TopicScopes
+    # The component's typed metadata: delivery defaults (deliveryMaxAttempts, ...) and concurrency.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expires_messages(self) -> bool:
+        return PubSubFeature.MESSAGE_TTL in self.broker.features
+
+
+@dataclass(slots=True)
+class Publication:
+    """One message to publish, as the HTTP layer read it."""
+
+    data: bytes
+    content_type: str
+    metadata: dict[str, str]
+
+
+@dataclass(slots=True)
+class BulkEntry:
+    entry_id: str
+    publication: Publication
+
+
+@dataclass(slots=True)
+class FailedEntry:
+    entry_id: str
+    error: str
+
+
+class PubSubBlock:
+    def __init__(self, app_id: str, entries: Sequence[BrokerEntry], metrics: Metrics | None = None) -> None:
+        self.app_id = app_id
+        self._entries = {entry.name: entry for entry in entries}
+        self.metrics = metrics
+        self._declared: list[Subscription] = []
+        self._programmatic: list[Subscription] = []
+        self._active: list[tuple[BrokerSubscription, Deliverer]] = []
+        self._channel: AppChannel | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def has_brokers(self) -> bool:
+        return bool(self._entries)
+
+    def entry(self, name: str, topic: str, metadata: Mapping[str, str]) -> BrokerEntry:
+        """The broker for a publish request, checked in daprd's order: name, broker, topic."""
+        if not name:
+            raise _error(
+                404, "ERR_PUBSUB_EMPTY", "DAPR_PUBSUB_NAME_EMPTY", "pubsub name is empty", name, metadata
+            )
+        entry = self._entries.get(name)
+        if entry is None:
+            raise _error(
+                404,
+                "ERR_PUBSUB_NOT_FOUND",
+                "DAPR_PUBSUB_NOT_FOUND",
+                f"pubsub {name} is not found",
+                name,
+                metadata,
+                resource=False,
+            )
+        if not topic:
+            raise _error(
+                404,
+                "ERR_TOPIC_NAME_EMPTY",
+                "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+                f"topic is empty in pubsub {name}",
+                name,
+                metadata,
+            )
+        return entry
+
+    @staticmethod
+    def raw_payload(entry: BrokerEntry, metadata: Mapping[str, str]) -> bool:
+        """``metadata.rawPayload`` (Go's ParseBool); 400 when it is not a boolean."""
+        value = metadata.get("rawPayload", "")
+        try:
+            return parse_go_bool(value) if value else False
+        except ValueError:
+            problem = f"rawPayload value must be a valid boolean: actual is '{value}'"
+        raise _bad_metadata(entry.name, metadata, problem)
+
+    @staticmethod
+    def ttl(entry: BrokerEntry, metadata: Mapping[str, str]) -> float | None:
+        """The message TTL; 400 when unreadable (daprd ignores a bad TTL, which hides typos)."""
+        try:
+            return message_ttl(metadata)
+        except ValueError as exc:
+            raise _bad_metadata(entry.name, metadata, str(exc)) from None
+
+    def _check_scope(self, entry: BrokerEntry, topic: str) -> None:
+        if not entry.scopes.may_publish(topic):
+            message = f"topic {topic} is not allowed for app id {self.app_id}"
+            raise _error(
+                403,
+                "ERR_PUBSUB_FORBIDDEN",
+                "DAPR_PUBSUB_FORBIDDEN",
+                message,
+                entry.name,
+                {"topic": topic, "error": message},
+            )
+
+    def _wrap(
+        self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
+    ) -> bytes:
+        """The bytes that go on the broker: the CloudEvent envelope (section 2.2)."""
+        metadata = publication.metadata
+        if cloudevents.is_cloudevent(publication.content_type):
+            try:
+                envelope = cloudevents.from_cloudevent(
+                    publication.data,
+                    topic=topic,
+                    pubsub=entry.name,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                )
+            except ValueError as exc:
+                raise _error(
+                    500,
+                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                    "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+                    "cannot create cloudevent",
+                    entry.name,
+                    {"appID": self.app_id, "error": str(exc)},
+                ) from None
+        else:
+            envelope = cloudevents.new_envelope(
+                app_id=self.app_id,
+                topic=topic,
+                pubsub=entry.name,
+                content_type=publication.content_type,
+                data=publication.data,
+                traceparent=traceparent,
+                tracestate=tracestate,
+                metadata=metadata,
+            )
+        ttl = self.ttl(entry, metadata)
+        if ttl is not None and not entry.expires_messages:
+            cloudevents.set_expiration(envelope, ttl)
+        return cloudevents.encode(envelope)
+
+    async def publish(
+        self,
+        entry: BrokerEntry,
+        topic: str,
+        publication: Publication,
+        traceparent: str | None,
+        tracestate: str,
+    ) -> None:
+        metadata = publication.metadata
+        raw = self.raw_payload(entry, metadata)
+        if raw:
+            self.ttl(entry, metadata)
+            data = publication.data
+        else:
+            data = self._wrap(
+                entry, topic, publication, cloudevents.child_traceparent(traceparent), tracestate
+            )
+        self._check_scope(entry, topic)
+        try:
+            await entry.broker.publish(topic, data, metadata)
+        except Exception as exc:
+            self._count_failure(entry)
+            raise publish_failed(entry.name, topic, str(exc) or type(exc).__name__) from None
+        if self.metrics is not None:
+            self.metrics.published(entry.name, topic)
+
+    async def bulk_publish(
+        self,
+        entry: BrokerEntry,
+        topic: str,
+        entries: Sequence[BulkEntry],
+        raw: bool,
+        traceparent: str | None,
+        tracestate: str,
+    ) -> list[FailedEntry]:
+        """Publish each entry in order; the failed ones come back with their error."""
+        ready: list[tuple[str, bytes, dict[str, str]]] = []
+        for item in entries:
+            publication = item.publication
+            if raw:
+                self.ttl(entry, publication.metadata)
+                data = publication.data
+            else:
+                # Each entry gets its own span, as in daprd.
+                span = cloudevents.child_traceparent(traceparent)
+                data = self._wrap(entry, topic, publication, span, tracestate)
+            ready.append((item.entry_id, data, publication.metadata))
+        self._check_scope(entry, topic)
+        failed: list[FailedEntry] = []
+        for entry_id, data, metadata in ready:
+            try:
+                await entry.broker.publish(topic, data, metadata)
+            except Exception as exc:
+                self._count_failure(entry)
+                failed.append(FailedEntry(entry_id, str(exc) or type(exc).__name__))
+        if self.metrics is not None and len(ready) > len(failed):
+            self.metrics.published(entry.name, topic, len(ready) - len(failed))
+        return failed
+
+    def _count_failure(self, entry: BrokerEntry) -> None:
+        if self.metrics is not None:
+            self.metrics.component_error(entry.name, "publish")
+
+    # --- subscriptions ---------------------------------------------------------------------------
+
+    def declare(self, subscriptions: Sequence[Subscription]) -> None:
+        """The declarative subscriptions from the resources path (already compiled)."""
+        self._declared = list(subscriptions)
+
+    def subscriptions(self) -> list[Subscription]:
+        return merge(self._declared, self._programmatic)
+
+    def describe_subscriptions(self) -> list[dict[str, Any]]:
+        return [subscription.describe() for subscription in self.subscriptions()]
+
+    async def start_subscriptions(self, channel: AppChannel) -> None:
+        """Ask the app for its subscriptions, then start delivering every one in scope.
+
+        ``SubscriptionError`` when the app's answer cannot be used (a rule that does not compile).
+        """
+        from runtime.app_channel import AppCallFailed
+        from runtime.delivery import Deliverer, DeliveryPolicy
+
+        self._channel = channel
+        try:
+            reply = await channel.subscriptions()
+        except AppCallFailed as exc:
+            log.error("%s; only declarative subscriptions are started", exc)
+        else:
+            if reply.status == 200:
+                self._programmatic = from_app(reply.body)
+            elif reply.status == 404:
+                log.debug("user app did not subscribe to any topic")
+            else:
+                log.error("app returned http status code %d from subscription endpoint", reply.status)
+        for subscription in self.subscriptions():
+            if self._stopping.is_set():
+                return
+            entry = self._entries.get(subscription.pubsubname)
+            where = f"subscription {subscription.label()}"
+            if entry is None:
+                log.warning(
+                    "%s names pubsub %r, which is not loaded; nothing is delivered to it",
+                    where,
+                    subscription.pubsubname,
+                )
+                continue
+            if subscription.bulk_enabled:
+                log.error("%s asks for bulkSubscribe, which Pillion does not offer yet; not started", where)
+                continue
+            if not entry.scopes.may_subscribe(subscription.topic):
+                log.warning(
+                    "%s is not allowed for app id %s (subscriptionScopes); not started", where, self.app_id
+                )
+                continue
+            policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+            deliverer = Deliverer(
+                subscription, policy, channel, self._dead_letter(entry), self._stopping, self.metrics
+            )
+            options = SubscribeOptions(concurrency=policy.concurrency, metadata=dict(subscription.metadata))
+            try:
+                handle = await entry.broker.subscribe(subscription.topic, deliverer, options)
+            except Exception as exc:
+                log.error("%s could not start: %s", where, exc)
+                continue
+            self._active.append((handle, deliverer))
+            log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
+
+    @staticmethod
+    def _dead_letter(entry: BrokerEntry) -> Callable[[str, Message], Awaitable[None]]:
+        async def republish(topic: str, message: Message) -> None:
+            # The original bytes and metadata, so the app sees the original topic in the event.
+            await entry.broker.publish(topic, message.data, message.metadata)
+
+        return republish
+
+    async def stop_subscriptions(self, drain_timeout: float) -> None:
+        """Stop taking messages; deliveries in flight get ``drain_timeout`` seconds to finish."""
+        self._stopping.set()
+        closing = [asyncio.ensure_future(handle.close()) for handle, _ in self._active]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=drain_timeout)
+            if late:
+                log.warning(
+                    "%d subscriptions still delivering after %gs; interrupting", len(late), drain_timeout
+                )
+                for _, deliverer in self._active:
+                    deliverer.cancel_all()
+                await asyncio.gather(*late, return_exceptions=True)
+            for task in closing:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("closing a subscription failed: %s", task.exception())
+        self._active.clear()
+        if self._channel is not None:
+            await self._channel.aclose()
+            self._channel = None
+
+
+def _bad_metadata(pubsub: str, metadata: Mapping[str, str], problem: str) -> APIError:
+    return _error(
+        400,
+        "ERR_PUBSUB_REQUEST_METADATA",
+        "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+        f"failed deserializing metadata. Error: {problem}",
+        pubsub,
+        metadata,
+    )

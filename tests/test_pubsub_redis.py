@@ -1,0 +1,455 @@
+"""``pubsub.redis`` against a real Redis: framing, consumer groups, redelivery, trimming.
+
+The component is driven in-process here (its delivery contract is below the runtime's); the
+end-to-end tests through sidecar processes are at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from components.base import ComponentContext
+from components.metadata import MetadataError
+from components.pubsub.base import Message, SubscribeOptions
+from components.pubsub.redis import RedisPubSub
+from tests.state_support import component, redis_metadata
+from tests.support import run_sidecar_to_exit
+
+pytestmark = pytest.mark.anyio
+
+# Short enough that redelivery tests take a fraction of a second.
+FAST = {"processingTimeout": "300ms", "redeliverInterval": "100ms", "readTimeout": "200ms"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"topic-{uuid.uuid4().hex[:12]}"
+
+
+class Broker:
+    """Builds RedisPubSub instances (one per simulated sidecar) and closes them after the test."""
+
+    def __init__(self, redis_url: str, tmp_path: Path) -> None:
+        self.redis_url = redis_url
+        self.tmp_path = tmp_path
+        self.opened: list[RedisPubSub] = []
+
+    async def open(self, app_id: str = "app", **metadata: str) -> RedisPubSub:
+        raw = {**redis_metadata(self.redis_url), **FAST, **metadata}
+        context = ComponentContext("pubsub", app_id, self.tmp_path, self.tmp_path)
+        pubsub = RedisPubSub(RedisPubSub.schema.parse(raw), context)
+        await pubsub.init()
+        self.opened.append(pubsub)
+        return pubsub
+
+    async def close_all(self) -> None:
+        for pubsub in self.opened:
+            await pubsub.close()
+
+
+@pytest.fixture
+async def broker(redis_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
+    b = Broker(redis_url, tmp_path)
+    yield b
+    await b.close_all()
+
+
+class Inbox:
+    """Records handled messages; ``behaviour`` may sleep or raise to play a slow or failing app."""
+
+    def __init__(self, behaviour: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        self.messages: list[Message] = []
+        self.behaviour = behaviour
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._changed = asyncio.Event()
+
+    async def __call__(self, message: Message) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.behaviour is not None:
+                await self.behaviour(message)
+            self.messages.append(message)
+        finally:
+            self.in_flight -= 1
+            self._changed.set()
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [m.data for m in self.messages]
+
+    async def wait_for(self, count: int, timeout: float = 10) -> None:
+        async def enough() -> None:
+            while len(self.messages) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(enough(), timeout)
+        except TimeoutError:
+            pytest.fail(f"got {len(self.messages)} of {count} messages within {timeout}s")
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def pending_count(redis: Redis, topic: str, group: str) -> int:
+    summary: dict[str, Any] = await redis.xpending(topic, group)
+    return int(summary["pending"])
+
+
+# --- framing and round trip ----------------------------------------------------------------
+
+
+async def test_round_trip_and_ack(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open()
+    inbox = Inbox()
+    await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b'{"hello": "world"}', {"contentType": "application/json"})
+    await inbox.wait_for(1)
+    message = inbox.messages[0]
+    assert message.topic == topic
+    assert message.data == b'{"hello": "world"}'
+    assert message.metadata == {"contentType": "application/json"}
+    assert message.id and "-" in message.id
+    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_framing_matches_dapr(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open()
+    await pubsub.publish(topic, b"\x00binary\xff", {})
+    await pubsub.publish(topic, b"with-meta", {"rawPayload": "true", "ttlInSeconds": "10"})
+    entries = await redis.xrange(topic)
+    assert [fields for _, fields in entries] == [
+        {b"data": b"\x00binary\xff"},
+        {b"data": b"with-meta", b"metadata": b'{"rawPayload": "true", "ttlInSeconds": "10"}'},
+    ]
+    assert json.loads(entries[1][1][b"metadata"]) == {"rawPayload": "true", "ttlInSeconds": "10"}
+
+
+async def test_reads_entries_written_by_dapr_and_tolerates_bad_metadata(
+    broker: Broker, redis: Redis, topic: str
+) -> None:
+    # What a Dapr sidecar writes (data only), and an entry with metadata that is not JSON.
+    await redis.xadd(topic, {"data": b"from-dapr"})
+    await redis.xadd(topic, {"data": b"odd-meta", "metadata": b"not json"})
+    pubsub = await broker.open()
+    inbox = Inbox()
+    await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=1))
+    await inbox.wait_for(2)
+    assert [(m.data, m.metadata) for m in inbox.messages] == [(b"from-dapr", {}), (b"odd-meta", {})]
+
+
+async def test_new_group_replays_the_stream_from_the_start(broker: Broker, topic: str) -> None:
+    publisher = await broker.open("publisher")
+    for n in range(3):
+        await publisher.publish(topic, f"old-{n}".encode(), {})
+    late = await broker.open("late-app")
+    inbox = Inbox()
+    await late.subscribe(topic, inbox, SubscribeOptions(concurrency=1))
+    await inbox.wait_for(3)
+    assert inbox.payloads == [b"old-0", b"old-1", b"old-2"]
+
+
+# --- consumer groups -------------------------------------------------------------------------
+
+
+async def test_same_app_id_competes_for_messages(broker: Broker, topic: str) -> None:
+    inboxes = []
+    for _ in range(2):
+        pubsub = await broker.open("orders")
+        inbox = Inbox(lambda m: asyncio.sleep(0.01))
+        await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=2))
+        inboxes.append(inbox)
+    assert broker.opened[0].consumer_prefix != broker.opened[1].consumer_prefix
+    publisher = broker.opened[0]
+    sent = [f"m-{n}".encode() for n in range(40)]
+    for payload in sent:
+        await publisher.publish(topic, payload, {})
+    await wait_until(lambda: _true(sum(len(i.messages) for i in inboxes) >= 40))
+    await asyncio.sleep(0.3)  # room for any duplicate to show up
+    received = Counter(p for inbox in inboxes for p in inbox.payloads)
+    assert received == Counter(sent)  # every message exactly once across the two sidecars
+    assert all(inbox.messages for inbox in inboxes), "both consumers should have taken a share"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_different_app_ids_each_get_every_message(broker: Broker, topic: str) -> None:
+    inboxes = {}
+    for app in ("billing", "shipping"):
+        pubsub = await broker.open(app)
+        inboxes[app] = Inbox()
+        await pubsub.subscribe(topic, inboxes[app], SubscribeOptions())
+    sent = [f"m-{n}".encode() for n in range(10)]
+    for payload in sent:
+        await broker.opened[0].publish(topic, payload, {})
+    for inbox in inboxes.values():
+        await inbox.wait_for(10)
+    assert all(sorted(inbox.payloads) == sorted(sent) for inbox in inboxes.values())
+
+
+async def test_consumer_id_names_the_group(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open("app", consumerID="{appID}-workers")
+    await pubsub.subscribe(topic, Inbox(), SubscribeOptions())
+    groups = await redis.xinfo_groups(topic)
+    assert [g["name"] for g in groups] == [b"app-workers"]
+
+
+# --- redelivery ----------------------------------------------------------------------------
+
+
+async def test_failed_message_stays_pending_and_is_redelivered(
+    broker: Broker, redis: Redis, topic: str
+) -> None:
+    attempts: Counter[bytes] = Counter()
+
+    async def fail_first_time(message: Message) -> None:
+        attempts[message.data] += 1
+        if attempts[message.data] == 1:
+            raise RuntimeError("app not ready")
+
+    pubsub = await broker.open()
+    inbox = Inbox(fail_first_time)
+    await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"retry-me", {})
+    await wait_until(lambda: _true(attempts[b"retry-me"] == 1))
+    # Not acknowledged: still in the group's pending list.
+    assert await pending_count(redis, topic, "app") == 1
+    await inbox.wait_for(1, timeout=5)
+    assert attempts[b"retry-me"] == 2
+    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+
+
+async def test_message_of_a_dead_consumer_is_claimed_by_a_live_one(
+    broker: Broker, redis: Redis, topic: str
+) -> None:
+    await redis.xgroup_create(topic, "app", id="0", mkstream=True)
+    await redis.xadd(topic, {"data": b"orphan"})
+    # A consumer that read the message and died without acknowledging it.
+    await redis.xreadgroup("app", "crashed-sidecar", {topic: ">"}, count=1)
+    pubsub = await broker.open()
+    inbox = Inbox()
+    await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await inbox.wait_for(1, timeout=5)
+    assert inbox.payloads == [b"orphan"]
+    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+
+
+async def test_slow_handler_is_never_given_a_duplicate(broker: Broker, redis: Redis, topic: str) -> None:
+    """A handler five times slower than processingTimeout: neither its own sidecar nor a
+    competing one may take the message while it runs (components-contrib#4599, dapr#3481)."""
+    seen: Counter[bytes] = Counter()
+
+    async def slow(message: Message) -> None:
+        seen[message.data] += 1
+        await asyncio.sleep(1.5)
+
+    inboxes = []
+    for _ in range(2):
+        pubsub = await broker.open("app", processingTimeout="300ms", redeliverInterval="50ms")
+        inbox = Inbox(slow)
+        await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=4))
+        inboxes.append(inbox)
+    for n in range(3):
+        await broker.opened[0].publish(topic, f"slow-{n}".encode(), {})
+    await wait_until(lambda: _true(sum(len(i.messages) for i in inboxes) == 3), timeout=10)
+    await asyncio.sleep(0.5)
+    assert seen == Counter({b"slow-0": 1, b"slow-1": 1, b"slow-2": 1})
+    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+
+
+async def test_reads_no_more_than_free_handler_slots(broker: Broker, redis: Redis, topic: str) -> None:
+    """Nothing waits in a local buffer: the entries Redis counts as delivered to this consumer are
+    the ones being handled."""
+    release = asyncio.Event()
+    pubsub = await broker.open()
+    inbox = Inbox(lambda m: release.wait())
+    await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=3))
+    for n in range(10):
+        await pubsub.publish(topic, f"m-{n}".encode(), {})
+    await wait_until(lambda: _true(inbox.in_flight == 3))
+    await asyncio.sleep(0.3)
+    assert await pending_count(redis, topic, "app") == 3
+    release.set()
+    await inbox.wait_for(10)
+    assert inbox.most_in_flight == 3
+
+
+async def test_concurrency_one_delivers_in_order(broker: Broker, topic: str) -> None:
+    pubsub = await broker.open()
+    inbox = Inbox(lambda m: asyncio.sleep(0.002 * (len(m.data) % 3)))
+    await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=1))
+    sent = [f"{n}".encode() * (n % 4 + 1) for n in range(30)]
+    for payload in sent:
+        await pubsub.publish(topic, payload, {})
+    await inbox.wait_for(30)
+    assert inbox.payloads == sent
+    assert inbox.most_in_flight == 1
+
+
+async def test_component_concurrency_caps_the_subscription(broker: Broker, topic: str) -> None:
+    pubsub = await broker.open(concurrency="1")
+    inbox = Inbox(lambda m: asyncio.sleep(0.01))
+    await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=10))
+    for n in range(5):
+        await pubsub.publish(topic, str(n).encode(), {})
+    await inbox.wait_for(5)
+    assert inbox.payloads == [b"0", b"1", b"2", b"3", b"4"]
+    assert inbox.most_in_flight == 1
+
+
+# --- shutdown and recovery -----------------------------------------------------------------
+
+
+async def test_close_waits_for_handlers_and_acks_them(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open()
+    inbox = Inbox(lambda m: asyncio.sleep(0.4))
+    subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"finish-me", {})
+    await wait_until(lambda: _true(inbox.in_flight == 1))
+    await subscription.close()
+    assert inbox.payloads == [b"finish-me"]
+    assert await pending_count(redis, topic, "app") == 0
+    # The consumer held nothing, so it left the group.
+    assert await redis.xinfo_consumers(topic, "app") == []
+
+
+async def test_cancelled_handler_is_not_acked(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open()
+    inbox = Inbox(lambda m: asyncio.sleep(30))
+    subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"interrupted", {})
+    await wait_until(lambda: _true(inbox.in_flight == 1))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(subscription.close(), 0.2)
+    assert await pending_count(redis, topic, "app") == 1
+    # The next sidecar of the app gets it once processingTimeout has passed.
+    successor = await broker.open()
+    inbox2 = Inbox()
+    await successor.subscribe(topic, inbox2, SubscribeOptions())
+    await inbox2.wait_for(1, timeout=5)
+    assert inbox2.payloads == [b"interrupted"]
+
+
+async def test_group_is_created_again_when_the_stream_is_deleted(
+    broker: Broker, redis: Redis, topic: str
+) -> None:
+    pubsub = await broker.open()
+    inbox = Inbox()
+    await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"before", {})
+    await inbox.wait_for(1)
+    await redis.delete(topic)  # drops the consumer group with it, as a server without data would
+    await pubsub.publish(topic, b"after", {})
+    await inbox.wait_for(2)
+    assert inbox.payloads == [b"before", b"after"]
+
+
+# --- trimming and metadata -----------------------------------------------------------------
+
+
+async def test_max_len_approx_trims_the_stream(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open(maxLenApprox="100")
+    for n in range(1000):
+        await pubsub.publish(topic, str(n).encode(), {})
+    length = await redis.xlen(topic)
+    assert 100 <= length < 1000
+    last = await redis.xrevrange(topic, count=1)
+    assert last[0][1][b"data"] == b"999"
+
+
+async def test_stream_ttl_trims_old_entries(broker: Broker, redis: Redis, topic: str) -> None:
+    pubsub = await broker.open(streamTTL="300ms")
+    for n in range(300):
+        await pubsub.publish(topic, str(n).encode(), {})
+    await asyncio.sleep(0.4)
+    await pubsub.publish(topic, b"fresh", {})
+    length = await redis.xlen(topic)
+    assert length < 301
+    last = await redis.xrevrange(topic, count=1)
+    assert last[0][1][b"data"] == b"fresh"
+
+
+def test_durations_accept_go_strings_and_bare_milliseconds(redis_url: str, tmp_path: Path) -> None:
+    context = ComponentContext("pubsub", "app", tmp_path, tmp_path)
+    base = redis_metadata(redis_url)
+    parsed = RedisPubSub.schema.parse(
+        {**base, "processingTimeout": "1500", "redeliverInterval": "30s", "readTimeout": "1m"}
+    )
+    pubsub = RedisPubSub(parsed, context)
+    assert pubsub.processing_timeout == 1.5
+    assert pubsub.redeliver_interval == 30.0  # Dapr silently keeps 15s here (docs#5326)
+    assert pubsub.block_seconds == 60.0
+    defaults = RedisPubSub(RedisPubSub.schema.parse(base), context)
+    assert (defaults.processing_timeout, defaults.redeliver_interval) == (60.0, 15.0)
+    assert (defaults.queue_depth, defaults.concurrency) == (100, 10)
+    assert defaults.group == "app"
+    with pytest.raises(MetadataError, match="redeliverInterval"):
+        RedisPubSub.schema.parse({**base, "redeliverInterval": "soon"})
+    with pytest.raises(MetadataError, match="redisPort"):
+        RedisPubSub(RedisPubSub.schema.parse({**base, "redisPort": "1"}), context)
+
+
+async def test_init_fails_with_the_address_when_redis_is_unreachable(tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    port = free_port()
+    raw = {"redisHost": f"127.0.0.1:{port}", "redisMaxRetries": "-1", "dialTimeout": "500ms"}
+    pubsub = RedisPubSub(
+        RedisPubSub.schema.parse(raw), ComponentContext("pubsub", "app", tmp_path, tmp_path)
+    )
+    with pytest.raises(RuntimeError, match=f"cannot reach Redis at 127.0.0.1:{port}"):
+        await pubsub.init()
+
+
+def test_sidecar_stops_with_one_line_when_redis_is_unreachable(tmp_path: Path) -> None:
+    from tests.support import free_port, write_resources
+
+    resources = write_resources(
+        tmp_path / "resources",
+        {
+            "pubsub.yaml": component(
+                "pubsub", "pubsub.redis", {"redisHost": f"127.0.0.1:{free_port()}", "redisMaxRetries": "-1"}
+            )
+        },
+    )
+    result = run_sidecar_to_exit(
+        tmp_path, ["--app-id", "app", "--resources-path", str(resources), "--dapr-http-port", "0"]
+    )
+    assert result.returncode == 1
+    assert "component 'pubsub': init failed: cannot reach Redis at 127.0.0.1:" in result.stderr + result.stdout
