@@ -1,5 +1,6 @@
-"""The baseline for Redis throughput: the same reads a Pillion GET makes, straight from redis-py
-asyncio at a fixed concurrency, no HTTP in between. Prints operations per second."""
+"""The baseline for Redis throughput: the same read a Pillion GET makes (state.redis's read
+script), straight from redis-py asyncio at a fixed concurrency, no HTTP in between. Prints
+operations per second."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import time
 import redis.asyncio as aioredis
 import uvloop
 
+from components.state.redis import _READ_SCRIPT
+
 
 async def run(url: str, key: str, concurrency: int, seconds: float) -> float:
     client = aioredis.Redis.from_url(url, max_connections=concurrency)
+    read = client.register_script(_READ_SCRIPT)
     done = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.hmget(key, "data", "version")
-                pipe.pttl(key)
-                await pipe.execute()
+            await read(keys=[key])
             done += 1
 
     start = time.perf_counter()

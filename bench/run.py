@@ -150,7 +150,15 @@ def redis_section(workdir: Path, redis_url: str, seconds: float) -> dict[str, ob
         through_pillion = wrk_throughput(url, seconds)
         direct = float(
             subprocess.run(
-                [sys.executable, "-m", "bench.redis_direct", redis_url, f"testapp||{key}", "32", str(seconds)],
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.redis_direct",
+                    redis_url,
+                    f"testapp||{key}",
+                    "32",
+                    str(seconds),
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -159,8 +167,12 @@ def redis_section(workdir: Path, redis_url: str, seconds: float) -> dict[str, ob
     finally:
         sidecar.stop()
         redis.Redis.from_url(redis_url).delete(f"testapp||{key}")
-    return {"pillion_rps": through_pillion, "direct_redis_py_ops": direct, "ratio": through_pillion / direct,
-            "goal_ratio": 0.7}
+    return {
+        "pillion_rps": through_pillion,
+        "direct_redis_py_ops": direct,
+        "ratio": through_pillion / direct,
+        "goal_ratio": 0.7,
+    }
 
 
 def startup_and_rss(workdir: Path, runs: int = 5) -> dict[str, object]:
@@ -202,8 +214,9 @@ def table(results: dict[str, object]) -> str:
         )
     if isinstance(red, dict):
         lines.append(
-            f"| GET throughput, 32 conns (state.redis vs redis-py direct) | {red['direct_redis_py_ops']:.0f}/s "
-            f"| {red['pillion_rps']:.0f}/s | {red['ratio']:.2f}x (>= 0.7x) |"
+            "| GET throughput, 32 conns (state.redis vs redis-py direct) "
+            f"| {red['direct_redis_py_ops']:.0f}/s | {red['pillion_rps']:.0f}/s "
+            f"| {red['ratio']:.2f}x (>= 0.7x) |"
         )
     lines.append(f"| start to serving | | {up['start_to_serving_s']:.2f} s | (<= 0.7 s) |")
     lines.append(f"| idle RSS | | {up['idle_rss_mb']:.1f} MB | (<= 60 MB) |")
@@ -211,9 +224,13 @@ def table(results: dict[str, object]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=20, help="length of each timed load (20)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="Redis for the throughput run")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL"), help="Redis for the throughput run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pillion-bench-") as tmp:
         workdir = Path(tmp)

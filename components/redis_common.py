@@ -18,11 +18,13 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 
 DEFAULT_PORT = 6379
+SENTINEL_PORT = 26379
 # Extra socket time granted to a command that blocks on the server (XREADGROUP BLOCK), so the
 # client does not give up on a reply that is merely on its way.
 _BLOCKING_SLACK_SECONDS = 2.0
@@ -33,7 +35,7 @@ CONNECTION_FIELDS = MetadataSchema(
             "redisHost",
             required=True,
             description="Address of the Redis server, `host:port` (the port defaults to `redisPort`, "
-            "then 6379).",
+            "then 6379). With `failover`: the sentinels, comma-separated (the port defaults to 26379).",
         ),
         MetadataField(
             "redisPort", FieldType.INTEGER, description="Port, when `redisHost` does not name one."
@@ -51,7 +53,20 @@ CONNECTION_FIELDS = MetadataSchema(
             "failover",
             FieldType.BOOLEAN,
             default=False,
-            description="Redis Sentinel failover; not supported yet (`true` stops start-up).",
+            description="Redis Sentinel: ask the sentinels in `redisHost` for the address of the master "
+            "`sentinelMasterName`, and again after a failover. Not with `enableTLS` yet.",
+        ),
+        MetadataField(
+            "sentinelMasterName", default="", description="With `failover`: the master's name in Sentinel."
+        ),
+        MetadataField(
+            "sentinelUsername", default="", description="With `failover`: ACL user name for the sentinels."
+        ),
+        MetadataField(
+            "sentinelPassword",
+            default="",
+            sensitive=True,
+            description="With `failover`: password for the sentinels (`redisPassword` is the master's).",
         ),
         MetadataField("enableTLS", FieldType.BOOLEAN, default=False, description="Connect over TLS."),
         MetadataField(
@@ -136,20 +151,37 @@ class RedisSettings:
     read_timeout: float | None
     pool_size: int
     pool_timeout: float
+    # Sentinel (failover: true): the master's name and the sentinels that know its address; host and
+    # port are then unused.
+    sentinel_master: str = ""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_username: str = ""
+    sentinel_password: str = ""
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        if self.sentinel_master:
+            sentinels = ",".join(_join_host(host, port) for host, port in self.sentinels)
+            return f"master {self.sentinel_master!r} of sentinels {sentinels}"
+        return _join_host(self.host, self.port)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> RedisSettings:
         """Read the values ``CONNECTION_FIELDS.parse`` produced; raises MetadataError on conflicts."""
         if metadata["redisType"] == "cluster":
             raise MetadataError("redisType", "Redis Cluster is not supported yet; use a single node")
+        sentinel_master = str(metadata["sentinelMasterName"]).strip() if metadata["failover"] else ""
+        sentinels: tuple[tuple[str, int], ...] = ()
         if metadata["failover"]:
-            raise MetadataError("failover", "Redis Sentinel failover is not supported yet")
-        host, port = _split_host(str(metadata["redisHost"]).strip(), metadata["redisPort"])
+            if not sentinel_master:
+                raise MetadataError("sentinelMasterName", "is required with failover: true")
+            if metadata["enableTLS"]:
+                raise MetadataError("enableTLS", "TLS with Redis Sentinel is not supported yet")
+            addresses = str(metadata["redisHost"]).split(",")
+            sentinels = tuple(_split_host(a.strip(), None, SENTINEL_PORT) for a in addresses)
+            host, port = "", 0
+        else:
+            host, port = _split_host(str(metadata["redisHost"]).strip(), metadata["redisPort"])
         cert, key = str(metadata["clientCert"]), str(metadata["clientKey"])
         if bool(cert) != bool(key):
             raise MetadataError("clientCert" if key else "clientKey", "clientCert and clientKey go together")
@@ -181,15 +213,26 @@ class RedisSettings:
             read_timeout=read_timeout,
             pool_size=pool_size,
             pool_timeout=float(pool_timeout),
+            sentinel_master=sentinel_master,
+            sentinels=sentinels,
+            sentinel_username=str(metadata["sentinelUsername"]),
+            sentinel_password=str(metadata["sentinelPassword"]),
         )
 
 
-def _split_host(text: str, port: int | None) -> tuple[str, int]:
+def _join_host(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split_host(text: str, port: int | None, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """Split ``host:port`` the way Go's net.SplitHostPort does, taking ``port`` when none is named."""
     if not text:
         raise MetadataError("redisHost", "is required")
     if "," in text:
-        raise MetadataError("redisHost", "a list of addresses (cluster or sentinel) is not supported yet")
+        raise MetadataError(
+            "redisHost",
+            "a list of addresses needs failover: true (Sentinel); Redis Cluster is not supported yet",
+        )
     named: str | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -201,7 +244,7 @@ def _split_host(text: str, port: int | None) -> tuple[str, int]:
     else:
         host = text  # no port, or a bare IPv6 address
     if named is None:
-        return host, port or DEFAULT_PORT
+        return host, port or default_port
     if not named.isdigit():
         raise MetadataError("redisHost", f"port {named!r} is not a number")
     if port and port != int(named):
@@ -211,12 +254,15 @@ def _split_host(text: str, port: int | None) -> tuple[str, int]:
     return host, int(named)
 
 
-def build_client(settings: RedisSettings, *, blocking_for: float | None = None) -> Redis:
+def build_client(
+    settings: RedisSettings, *, blocking_for: float | None = None, client_name: str | None = None
+) -> Redis:
     """A client for ``settings`` (bytes in, bytes out).
 
     ``blocking_for`` (seconds) builds a client for commands that wait on the server that long
     (``XREADGROUP BLOCK``): its read timeout leaves room for the wait, and its pool has no size cap,
-    so long-waiting readers never hold up ordinary commands on the main pool.
+    so long-waiting readers never hold up ordinary commands on the main pool. ``client_name`` is
+    set on each connection (``CLIENT SETNAME``), so it can be found in ``CLIENT LIST``.
     """
     socket_timeout = settings.read_timeout
     if blocking_for is not None and socket_timeout is not None:
@@ -237,6 +283,7 @@ def build_client(settings: RedisSettings, *, blocking_for: float | None = None) 
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": settings.dial_timeout,
         "retry": retry,
+        "client_name": client_name,
     }
     folder: Path | None = None
     if settings.tls:
@@ -254,13 +301,72 @@ def build_client(settings: RedisSettings, *, blocking_for: float | None = None) 
                 path.write_text(text)
                 connection[name] = str(path)
     pool: ConnectionPool
-    if blocking_for is None:
-        pool = BlockingConnectionPool(
-            max_connections=settings.pool_size, timeout=settings.pool_timeout, **connection
-        )
+    if settings.sentinel_master:
+        client = _sentinel_client(settings, connection, bounded=blocking_for is None)
     else:
-        pool = ConnectionPool(**connection)
-    client = Redis.from_pool(pool)
+        if blocking_for is None:
+            pool = BlockingConnectionPool(
+                max_connections=settings.pool_size, timeout=settings.pool_timeout, **connection
+            )
+        else:
+            pool = ConnectionPool(**connection)
+        client = Redis.from_pool(pool)
     if folder is not None:
         weakref.finalize(client, shutil.rmtree, folder, ignore_errors=True)
     return client
+
+
+def _sentinel_client(settings: RedisSettings, connection: dict[str, Any], *, bounded: bool) -> Redis:
+    """A client of the master the sentinels name: each new connection asks them where it is."""
+    connection = {k: v for k, v in connection.items() if k not in ("host", "port")}
+    options: dict[str, Any] = {
+        "username": settings.sentinel_username or None,
+        "password": settings.sentinel_password or None,
+        "socket_timeout": settings.dial_timeout,
+        "socket_connect_timeout": settings.dial_timeout,
+        # The component's retries, not redis-py's default of several seconds of back-off.
+        "retry": connection["retry"],
+    }
+    sentinel = Sentinel(settings.sentinels, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+    # redis-py names each sentinel by its client's full repr in "no master found" errors.
+    sentinel.sentinels = [_SentinelNode(host=host, port=port, **options) for host, port in settings.sentinels]
+    pool: ConnectionPool
+    if bounded:
+        pool = _SentinelBlockingConnectionPool(  # type: ignore[no-untyped-call]
+            settings.sentinel_master,
+            sentinel,
+            max_connections=settings.pool_size,
+            timeout=settings.pool_timeout,
+            **connection,
+        )
+    else:
+        pool = SentinelConnectionPool(settings.sentinel_master, sentinel, **connection)  # type: ignore[no-untyped-call]
+    return _SentinelClient(sentinel, pool)
+
+
+class _SentinelBlockingConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master lookup with the bounded, waiting pool ordinary commands use: each new
+    connection asks the sentinels where the master is, and connections to a demoted master are
+    dropped, so the pool follows a failover."""
+
+
+class _SentinelNode(Redis):
+    """The connection to one sentinel, named by its address in error messages."""
+
+    def __repr__(self) -> str:
+        options = self.connection_pool.connection_kwargs
+        return f"sentinel {_join_host(options['host'], options['port'])}"
+
+
+class _SentinelClient(Redis):
+    """A client that owns its pool (as with ``Redis.from_pool``) and its connections to the
+    sentinels, and closes both."""
+
+    def __init__(self, sentinel_manager: Sentinel, pool: ConnectionPool) -> None:
+        super().__init__(connection_pool=pool)
+        self.auto_close_connection_pool = True
+        self.sentinel_manager = sentinel_manager
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await self.sentinel_manager.aclose()

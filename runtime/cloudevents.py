@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import os
 import re
-import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
+
+from runtime import gojson
 
 SPEC_VERSION = "1.0"
 DEFAULT_TYPE = "com.dapr.event.sent"
@@ -110,8 +112,11 @@ def _first_value(decoder: json.JSONDecoder, body: bytes) -> Any:
     # Go's json.Decoder.Decode reads the first value and leaves whatever follows unread.
     text = body.decode("utf-8", errors="replace")
     start = _WHITESPACE.match(text)
-    value, _ = decoder.raw_decode(text, start.end() if start else 0)
-    return value
+    try:
+        value, _ = decoder.raw_decode(text, start.end() if start else 0)
+    except RecursionError:
+        raise gojson.JSONTooDeep from None
+    return gojson.settle(value, body)
 
 
 def decode_precise(body: bytes) -> Any:
@@ -184,6 +189,8 @@ def go_number(value: float) -> str:
             mantissa, _, exponent = f"{value:e}".partition("e")
         sign = "-" if exponent.startswith("-") else "+"
         return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+    from decimal import Decimal  # only bulk events with fractions get here
+
     text = format(Decimal(repr(value)), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -196,6 +203,9 @@ def go_marshal(value: Any) -> bytes:
     if isinstance(value, bool | int | str) or value is None:
         return encode(value)
     if isinstance(value, float):
+        if not math.isfinite(value):
+            # Python reads 1e400 as infinity; Go refuses to decode the number at all.
+            raise ValueError(f"number {value} is out of range")
         return go_number(value).encode()
     if isinstance(value, list):
         return b"[" + b",".join(go_marshal(v) for v in value) + b"]"
@@ -213,8 +223,8 @@ def child_traceparent(parent: str | None) -> str:
     """
     match = _TRACEPARENT.match(parent.strip().lower()) if parent else None
     if match and match[1] != "ff" and set(match[2]) != {"0"} and set(match[3]) != {"0"}:
-        return f"00-{match[2]}-{secrets.token_hex(8)}-{int(match[4], 16) & 1:02x}"
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+        return f"00-{match[2]}-{os.urandom(8).hex()}-{int(match[4], 16) & 1:02x}"
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
 
 
 # --- envelopes --------------------------------------------------------------------------------

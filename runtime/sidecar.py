@@ -40,6 +40,8 @@ from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 
 log = logging.getLogger("pillion")
+# A health probe must answer quickly even when a backend hangs.
+PING_TIMEOUT = 1.0
 
 
 @dataclass
@@ -269,12 +271,12 @@ class Sidecar:
 
     # --- runtime information -------------------------------------------------------------------
 
-    async def unreachable_components(self, timeout: float = 1.0) -> list[str]:
+    async def unreachable_components(self) -> list[str]:
         """Names of components whose backend does not answer a ping right now."""
 
         async def check(loaded: LoadedComponent) -> str | None:
             try:
-                await asyncio.wait_for(loaded.instance.ping(), timeout)
+                await asyncio.wait_for(loaded.instance.ping(), PING_TIMEOUT)
             except Exception:
                 return loaded.resource.name
             return None

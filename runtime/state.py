@@ -31,7 +31,9 @@ from runtime.errors import APIError, bad_request, error_info, help_link, resourc
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
 
-_INTEGER = re.compile(r"^[+-]?\d+$")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# About 317 years: beyond any real use, and an expiry date every store can still compute and keep.
+MAX_TTL_SECONDS = 10**10
 CONCURRENCY = frozenset({"", "first-write", "last-write"})
 CONSISTENCY = frozenset({"", "eventual", "strong"})
 
@@ -86,9 +88,17 @@ def _ttl(metadata: Mapping[str, str]) -> int | None:
     raw = metadata.get("ttlInSeconds")
     if raw is None:
         return None
-    if not _INTEGER.match(raw):
+    if not _INTEGER.fullmatch(raw):
         raise OptionError(f"ttlInSeconds must be an integer, not {raw!r}")
-    return int(raw)
+    # Checked on the text first: Python refuses to convert thousands of digits.
+    if len(raw.lstrip("+-0")) > len(str(MAX_TTL_SECONDS)):
+        if raw.startswith("-"):
+            return -1  # any value of 0 or less means no expiry
+        raise OptionError(f"ttlInSeconds must be at most {MAX_TTL_SECONDS}, not {raw}")
+    ttl = int(raw)
+    if ttl > MAX_TTL_SECONDS:
+        raise OptionError(f"ttlInSeconds must be at most {MAX_TTL_SECONDS}, not {raw}")
+    return ttl
 
 
 def _check_options(concurrency: str, consistency: str) -> None:

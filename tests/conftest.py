@@ -24,6 +24,18 @@ HOW_TO_GET_REDIS = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Sidecars started by tests register for `pillion status` here, not in the user's run dir."""
+    previous = os.environ.get("PILLION_RUN_DIR")
+    os.environ["PILLION_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))
+    yield
+    if previous is None:
+        del os.environ["PILLION_RUN_DIR"]
+    else:
+        os.environ["PILLION_RUN_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from_env = os.environ.get("REDIS_URL")

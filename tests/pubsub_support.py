@@ -45,7 +45,7 @@ def redis(name: str, workdir: Path, redis_url: str, extra: dict[str, str]) -> st
     return component(name, "pubsub.redis", {**redis_metadata(redis_url), **extra})
 
 
-BROKERS: dict[str, BrokerFactory] = {"in-memory": in_memory, "sqlite": sqlite}
+BROKERS: dict[str, BrokerFactory] = {"in-memory": in_memory, "sqlite": sqlite, "redis": redis}
 NEEDS_REDIS = frozenset({"redis"})
 # Brokers that several sidecar processes can share (fan-out and competing-consumer tests).
 SHARED_BROKERS = frozenset({"sqlite", "redis"})
@@ -136,7 +136,10 @@ class SubscriberApp:
                 self._send(app.subscribe_status, app.subscriptions)
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sidecar died mid-request: nothing was delivered
                 delivery = Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with app._lock:
                     app.deliveries.append(delivery)

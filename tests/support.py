@@ -91,7 +91,11 @@ def start_sidecar(
     ]
     if resources is not None:
         args += ["--resources-path", str(write_resources(workdir / "resources", resources))]
-    args += extra_args or []
+    extra_args = extra_args or []
+    if not any(a.startswith(("--metrics-port", "--enable-metrics")) for a in extra_args):
+        # Parallel sidecars would all want 9090; a taken port is only a warning, but noise.
+        args += ["--metrics-port", str(free_port())]
+    args += extra_args
     log_path = workdir / f"sidecar-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log_file:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.state_support import STORES, component, redis_metadata
 from tests.rawhttp import RawConnection
+from tests.state_support import STORES, component, redis_metadata
 from tests.support import SidecarProcess, start_sidecar
 
 CLIENTS = 16

@@ -7,7 +7,10 @@ end-to-end tests through sidecar processes are at the bottom of this file.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -16,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from components.base import ComponentContext
 from components.metadata import MetadataError
 from components.pubsub.base import Message, SubscribeOptions
 from components.pubsub.redis import RedisPubSub
+from tests.pubsub_support import Delivery, Reply, SubscriberApp, running, subscription
+from tests.pubsub_support import redis as redis_broker
 from tests.state_support import component, redis_metadata
-from tests.support import run_sidecar_to_exit
+from tests.support import run_sidecar_to_exit, start_sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -101,21 +107,26 @@ class Inbox:
     def payloads(self) -> list[bytes]:
         return [m.data for m in self.messages]
 
-    async def wait_for(self, count: int, timeout: float = 10) -> None:
+    async def wait_for(self, count: int, within: float = 10) -> None:
         async def enough() -> None:
             while len(self.messages) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
         try:
-            await asyncio.wait_for(enough(), timeout)
+            await asyncio.wait_for(enough(), within)
         except TimeoutError:
-            pytest.fail(f"got {len(self.messages)} of {count} messages within {timeout}s")
+            pytest.fail(f"got {len(self.messages)} of {count} messages within {within}s")
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         await asyncio.sleep(0.02)
@@ -124,6 +135,15 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
 async def pending_count(redis: Redis, topic: str, group: str) -> int:
     summary: dict[str, Any] = await redis.xpending(topic, group)
     return int(summary["pending"])
+
+
+def stream_fields(entries: Any) -> list[dict[bytes, bytes]]:
+    """The field maps of an XRANGE/XREVRANGE answer, oldest first as given."""
+    return [fields for _, fields in entries]
+
+
+async def nothing_pending(redis: Redis, topic: str) -> bool:
+    return await pending_count(redis, topic, "app") == 0
 
 
 # --- framing and round trip ----------------------------------------------------------------
@@ -140,23 +160,19 @@ async def test_round_trip_and_ack(broker: Broker, redis: Redis, topic: str) -> N
     assert message.data == b'{"hello": "world"}'
     assert message.metadata == {"contentType": "application/json"}
     assert message.id and "-" in message.id
-    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
-
-
-async def _is(value: Awaitable[int], expected: int) -> bool:
-    return await value == expected
+    await wait_until(lambda: nothing_pending(redis, topic))
 
 
 async def test_framing_matches_dapr(broker: Broker, redis: Redis, topic: str) -> None:
     pubsub = await broker.open()
     await pubsub.publish(topic, b"\x00binary\xff", {})
     await pubsub.publish(topic, b"with-meta", {"rawPayload": "true", "ttlInSeconds": "10"})
-    entries = await redis.xrange(topic)
-    assert [fields for _, fields in entries] == [
+    entries = stream_fields(await redis.xrange(topic))
+    assert entries == [
         {b"data": b"\x00binary\xff"},
         {b"data": b"with-meta", b"metadata": b'{"rawPayload": "true", "ttlInSeconds": "10"}'},
     ]
-    assert json.loads(entries[1][1][b"metadata"]) == {"rawPayload": "true", "ttlInSeconds": "10"}
+    assert json.loads(entries[1][b"metadata"]) == {"rawPayload": "true", "ttlInSeconds": "10"}
 
 
 async def test_reads_entries_written_by_dapr_and_tolerates_bad_metadata(
@@ -198,15 +214,11 @@ async def test_same_app_id_competes_for_messages(broker: Broker, topic: str) -> 
     sent = [f"m-{n}".encode() for n in range(40)]
     for payload in sent:
         await publisher.publish(topic, payload, {})
-    await wait_until(lambda: _true(sum(len(i.messages) for i in inboxes) >= 40))
+    await wait_until(lambda: sum(len(i.messages) for i in inboxes) >= 40)
     await asyncio.sleep(0.3)  # room for any duplicate to show up
     received = Counter(p for inbox in inboxes for p in inbox.payloads)
     assert received == Counter(sent)  # every message exactly once across the two sidecars
     assert all(inbox.messages for inbox in inboxes), "both consumers should have taken a share"
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_different_app_ids_each_get_every_message(broker: Broker, topic: str) -> None:
@@ -224,10 +236,19 @@ async def test_different_app_ids_each_get_every_message(broker: Broker, topic: s
 
 
 async def test_consumer_id_names_the_group(broker: Broker, redis: Redis, topic: str) -> None:
-    pubsub = await broker.open("app", consumerID="{appID}-workers")
-    await pubsub.subscribe(topic, Inbox(), SubscribeOptions())
+    # Reads block for 10s here, so closing within seconds shows the read was cut short.
+    pubsub = await broker.open(
+        "app", consumerID="{appID} workers", readTimeout="10s", redeliverInterval="30s"
+    )
+    inbox = Inbox()
+    subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"hello", {})
+    await inbox.wait_for(1)
     groups = await redis.xinfo_groups(topic)
-    assert [g["name"] for g in groups] == [b"app-workers"]
+    assert [g["name"] for g in groups] == [b"app workers"]
+    started = time.monotonic()
+    await subscription.close()
+    assert time.monotonic() - started < 5  # CLIENT UNBLOCK ended the blocked read
 
 
 # --- redelivery ----------------------------------------------------------------------------
@@ -247,12 +268,12 @@ async def test_failed_message_stays_pending_and_is_redelivered(
     inbox = Inbox(fail_first_time)
     await pubsub.subscribe(topic, inbox, SubscribeOptions())
     await pubsub.publish(topic, b"retry-me", {})
-    await wait_until(lambda: _true(attempts[b"retry-me"] == 1))
+    await wait_until(lambda: attempts[b"retry-me"] == 1)
     # Not acknowledged: still in the group's pending list.
     assert await pending_count(redis, topic, "app") == 1
-    await inbox.wait_for(1, timeout=5)
+    await inbox.wait_for(1, within=5)
     assert attempts[b"retry-me"] == 2
-    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+    await wait_until(lambda: nothing_pending(redis, topic))
 
 
 async def test_message_of_a_dead_consumer_is_claimed_by_a_live_one(
@@ -265,9 +286,9 @@ async def test_message_of_a_dead_consumer_is_claimed_by_a_live_one(
     pubsub = await broker.open()
     inbox = Inbox()
     await pubsub.subscribe(topic, inbox, SubscribeOptions())
-    await inbox.wait_for(1, timeout=5)
+    await inbox.wait_for(1, within=5)
     assert inbox.payloads == [b"orphan"]
-    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+    await wait_until(lambda: nothing_pending(redis, topic))
 
 
 async def test_slow_handler_is_never_given_a_duplicate(broker: Broker, redis: Redis, topic: str) -> None:
@@ -287,10 +308,10 @@ async def test_slow_handler_is_never_given_a_duplicate(broker: Broker, redis: Re
         inboxes.append(inbox)
     for n in range(3):
         await broker.opened[0].publish(topic, f"slow-{n}".encode(), {})
-    await wait_until(lambda: _true(sum(len(i.messages) for i in inboxes) == 3), timeout=10)
+    await wait_until(lambda: sum(len(i.messages) for i in inboxes) == 3, within=10)
     await asyncio.sleep(0.5)
     assert seen == Counter({b"slow-0": 1, b"slow-1": 1, b"slow-2": 1})
-    await wait_until(lambda: _is(pending_count(redis, topic, "app"), 0))
+    await wait_until(lambda: nothing_pending(redis, topic))
 
 
 async def test_reads_no_more_than_free_handler_slots(broker: Broker, redis: Redis, topic: str) -> None:
@@ -298,14 +319,21 @@ async def test_reads_no_more_than_free_handler_slots(broker: Broker, redis: Redi
     the ones being handled."""
     release = asyncio.Event()
     pubsub = await broker.open()
-    inbox = Inbox(lambda m: release.wait())
+
+    async def blocked(message: Message) -> None:
+        await release.wait()
+
+    inbox = Inbox(blocked)
     await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=3))
     for n in range(10):
         await pubsub.publish(topic, f"m-{n}".encode(), {})
-    await wait_until(lambda: _true(inbox.in_flight == 3))
-    await asyncio.sleep(0.3)
-    assert await pending_count(redis, topic, "app") == 3
-    release.set()
+    try:
+        await wait_until(lambda: inbox.in_flight >= 3)
+        await asyncio.sleep(0.3)
+        assert inbox.in_flight == 3
+        assert await pending_count(redis, topic, "app") == 3
+    finally:
+        release.set()
     await inbox.wait_for(10)
     assert inbox.most_in_flight == 3
 
@@ -322,17 +350,6 @@ async def test_concurrency_one_delivers_in_order(broker: Broker, topic: str) -> 
     assert inbox.most_in_flight == 1
 
 
-async def test_component_concurrency_caps_the_subscription(broker: Broker, topic: str) -> None:
-    pubsub = await broker.open(concurrency="1")
-    inbox = Inbox(lambda m: asyncio.sleep(0.01))
-    await pubsub.subscribe(topic, inbox, SubscribeOptions(concurrency=10))
-    for n in range(5):
-        await pubsub.publish(topic, str(n).encode(), {})
-    await inbox.wait_for(5)
-    assert inbox.payloads == [b"0", b"1", b"2", b"3", b"4"]
-    assert inbox.most_in_flight == 1
-
-
 # --- shutdown and recovery -----------------------------------------------------------------
 
 
@@ -341,7 +358,7 @@ async def test_close_waits_for_handlers_and_acks_them(broker: Broker, redis: Red
     inbox = Inbox(lambda m: asyncio.sleep(0.4))
     subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
     await pubsub.publish(topic, b"finish-me", {})
-    await wait_until(lambda: _true(inbox.in_flight == 1))
+    await wait_until(lambda: inbox.in_flight == 1)
     await subscription.close()
     assert inbox.payloads == [b"finish-me"]
     assert await pending_count(redis, topic, "app") == 0
@@ -354,7 +371,7 @@ async def test_cancelled_handler_is_not_acked(broker: Broker, redis: Redis, topi
     inbox = Inbox(lambda m: asyncio.sleep(30))
     subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
     await pubsub.publish(topic, b"interrupted", {})
-    await wait_until(lambda: _true(inbox.in_flight == 1))
+    await wait_until(lambda: inbox.in_flight == 1)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(subscription.close(), 0.2)
     assert await pending_count(redis, topic, "app") == 1
@@ -362,7 +379,7 @@ async def test_cancelled_handler_is_not_acked(broker: Broker, redis: Redis, topi
     successor = await broker.open()
     inbox2 = Inbox()
     await successor.subscribe(topic, inbox2, SubscribeOptions())
-    await inbox2.wait_for(1, timeout=5)
+    await inbox2.wait_for(1, within=5)
     assert inbox2.payloads == [b"interrupted"]
 
 
@@ -389,8 +406,7 @@ async def test_max_len_approx_trims_the_stream(broker: Broker, redis: Redis, top
         await pubsub.publish(topic, str(n).encode(), {})
     length = await redis.xlen(topic)
     assert 100 <= length < 1000
-    last = await redis.xrevrange(topic, count=1)
-    assert last[0][1][b"data"] == b"999"
+    assert stream_fields(await redis.xrevrange(topic, count=1)) == [{b"data": b"999"}]
 
 
 async def test_stream_ttl_trims_old_entries(broker: Broker, redis: Redis, topic: str) -> None:
@@ -401,8 +417,7 @@ async def test_stream_ttl_trims_old_entries(broker: Broker, redis: Redis, topic:
     await pubsub.publish(topic, b"fresh", {})
     length = await redis.xlen(topic)
     assert length < 301
-    last = await redis.xrevrange(topic, count=1)
-    assert last[0][1][b"data"] == b"fresh"
+    assert stream_fields(await redis.xrevrange(topic, count=1)) == [{b"data": b"fresh"}]
 
 
 def test_durations_accept_go_strings_and_bare_milliseconds(redis_url: str, tmp_path: Path) -> None:
@@ -417,7 +432,7 @@ def test_durations_accept_go_strings_and_bare_milliseconds(redis_url: str, tmp_p
     assert pubsub.block_seconds == 60.0
     defaults = RedisPubSub(RedisPubSub.schema.parse(base), context)
     assert (defaults.processing_timeout, defaults.redeliver_interval) == (60.0, 15.0)
-    assert (defaults.queue_depth, defaults.concurrency) == (100, 10)
+    assert defaults.queue_depth == 100
     assert defaults.group == "app"
     with pytest.raises(MetadataError, match="redeliverInterval"):
         RedisPubSub.schema.parse({**base, "redeliverInterval": "soon"})
@@ -430,9 +445,7 @@ async def test_init_fails_with_the_address_when_redis_is_unreachable(tmp_path: P
 
     port = free_port()
     raw = {"redisHost": f"127.0.0.1:{port}", "redisMaxRetries": "-1", "dialTimeout": "500ms"}
-    pubsub = RedisPubSub(
-        RedisPubSub.schema.parse(raw), ComponentContext("pubsub", "app", tmp_path, tmp_path)
-    )
+    pubsub = RedisPubSub(RedisPubSub.schema.parse(raw), ComponentContext("pubsub", "app", tmp_path, tmp_path))
     with pytest.raises(RuntimeError, match=f"cannot reach Redis at 127.0.0.1:{port}"):
         await pubsub.init()
 
@@ -452,4 +465,82 @@ def test_sidecar_stops_with_one_line_when_redis_is_unreachable(tmp_path: Path) -
         tmp_path, ["--app-id", "app", "--resources-path", str(resources), "--dapr-http-port", "0"]
     )
     assert result.returncode == 1
-    assert "component 'pubsub': init failed: cannot reach Redis at 127.0.0.1:" in result.stderr + result.stdout
+    assert (
+        "component 'pubsub': init failed: cannot reach Redis at 127.0.0.1:" in result.stderr + result.stdout
+    )
+
+
+# --- end to end, through sidecar processes -------------------------------------------------
+# Fan-out across app ids and competing sidecars of one app also run on Redis through the generic
+# suites (tests/pubsub_support.py BROKERS).
+
+E2E_FAST = {"processingTimeout": "1s", "redeliverInterval": "200ms"}
+
+
+def test_sidecar_publishes_with_daprs_framing(redis_url: str, tmp_path: Path) -> None:
+    topic = f"framing-{uuid.uuid4().hex[:8]}"
+    resources = {"pubsub.yaml": redis_broker("pubsub", tmp_path, redis_url, {})}
+    sidecar = start_sidecar(tmp_path, app_id="publisher", resources=resources)
+    try:
+        with sidecar.client() as client:
+            assert client.post(f"/v1.0/publish/pubsub/{topic}", json={"n": 1}).status_code == 204
+            response = client.post(
+                f"/v1.0/publish/pubsub/{topic}", json={"n": 2}, params={"metadata.priority": "high"}
+            )
+            assert response.status_code == 204
+    finally:
+        sidecar.stop()
+    entries = stream_fields(SyncRedis.from_url(redis_url).xrange(topic))
+    assert [sorted(fields) for fields in entries] == [[b"data"], [b"data", b"metadata"]]
+    first, second = (json.loads(fields[b"data"]) for fields in entries)
+    assert (first["data"], first["topic"], first["pubsubname"]) == ({"n": 1}, topic, "pubsub")
+    assert first["specversion"] == "1.0" and first["source"] == "publisher"
+    assert second["data"] == {"n": 2}
+    assert json.loads(entries[1][b"metadata"]) == {"priority": "high"}
+
+
+def test_sigkill_of_one_sidecar_loses_nothing(redis_url: str, tmp_path: Path) -> None:
+    """Two sidecars of one app share a topic while the app is slow; one is SIGKILLed mid-way and
+    restarted. Every message arrives at least once; only those the killed sidecar had in flight
+    (at most its concurrency, as it never reads ahead) may arrive twice."""
+    topic = f"crash-{uuid.uuid4().hex[:8]}"
+    total, concurrency = 200, 10
+
+    published = threading.Event()
+
+    def slow(delivery: Delivery) -> Reply:
+        published.wait(30)  # hold the first deliveries until everything is published
+        time.sleep(0.1)
+        return 200, None
+
+    app = SubscriberApp([subscription(topic, "/work")], slow).start()
+    resources = {"pubsub.yaml": redis_broker("pubsub", tmp_path, redis_url, E2E_FAST)}
+    try:
+        with running(tmp_path / "survivor", app, resources, app_id="worker"):
+            with running(tmp_path / "victim", app, resources, app_id="worker") as victim:
+                with victim.client() as client:
+                    for n in range(total):
+                        response = client.post(f"/v1.0/publish/pubsub/{topic}", json={"n": n})
+                        assert response.status_code == 204
+                published.set()
+                app.wait_for(total // 4, "/work")
+                victim.stop(signal.SIGKILL)
+            delivered_before_kill = len(app.received("/work"))
+            assert delivered_before_kill < total, "the kill came too late to test anything"
+            with running(tmp_path / "victim", app, resources, app_id="worker"):
+                deadline = time.monotonic() + 30
+                while len({d.event["data"]["n"] for d in app.received("/work")}) < total:
+                    assert time.monotonic() < deadline, "messages were lost"
+                    time.sleep(0.05)
+                counts = Counter(d.event["data"]["n"] for d in app.received("/work"))
+                duplicates = sum(counts.values()) - total
+                print(f"delivered before the kill: {delivered_before_kill}; duplicates: {duplicates}")
+                assert set(counts) == set(range(total))
+                assert duplicates <= concurrency
+                check = SyncRedis.from_url(redis_url)
+                deadline = time.monotonic() + 5
+                while check.xpending(topic, "worker")["pending"]:
+                    assert time.monotonic() < deadline, "acknowledged messages stay pending"
+                    time.sleep(0.05)
+    finally:
+        app.stop()

@@ -310,7 +310,7 @@ def test_unreachable_redis_stops_start_up_with_one_line(tmp_path: Path) -> None:
     ("metadata", "problem"),
     [
         ({"redisType": "cluster"}, "metadata field 'redisType': Redis Cluster is not supported yet"),
-        ({"failover": "true"}, "metadata field 'failover': Redis Sentinel failover is not supported yet"),
+        ({"failover": "true"}, "metadata field 'sentinelMasterName': is required with failover: true"),
         ({"redisPort": "1"}, "metadata field 'redisPort'"),
     ],
 )

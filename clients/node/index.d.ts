@@ -25,6 +25,12 @@ export interface ClientOptions {
 
 /** A non-2xx answer from the sidecar. */
 export class DaprError extends Error {
+  constructor(
+    status: number,
+    errorCode: string,
+    message: string,
+    options?: { details?: unknown[]; body?: string; method?: string; path?: string },
+  );
   readonly name: 'DaprError';
   /** HTTP status, e.g. 409 for an ETag mismatch. */
   readonly status: number;
@@ -85,7 +91,7 @@ export interface QueryResponse<T = unknown> {
   metadata?: Metadata;
 }
 
-export declare class StateAPI {
+export interface StateAPI {
   /** The item, or undefined when the key is missing (the sidecar answered 204). */
   get<T = unknown>(
     store: string,
@@ -149,7 +155,7 @@ export interface BulkPublishResult {
   failedEntries: { entryId: string; error: string }[];
 }
 
-export declare class PubSubAPI {
+export interface PubSubAPI {
   /** Objects go as JSON; the sidecar wraps the data in a CloudEvent. */
   publish(pubsub: string, topic: string, data: unknown, options?: PublishOptions): Promise<void>;
   /** Publish your own CloudEvent (application/cloudevents+json); the sidecar keeps its fields. */
@@ -169,7 +175,7 @@ export declare class PubSubAPI {
   ): Promise<BulkPublishResult>;
 }
 
-export declare class SecretsAPI {
+export interface SecretsAPI {
   /** The secret's keys and values; {} when the store has nothing to say (204). */
   get(store: string, name: string, options?: CallOptions & { metadata?: Metadata }): Promise<Record<string, string>>;
   /** Secret name -> its keys and values. Secrets denied by scope are left out. */
@@ -196,13 +202,13 @@ export interface SidecarMetadata {
   [field: string]: unknown;
 }
 
-export declare class MetadataAPI {
+export interface MetadataAPI {
   get(options?: CallOptions): Promise<SidecarMetadata>;
   /** Set an entry of the extended metadata. */
   set(key: string, value: string, options?: CallOptions): Promise<void>;
 }
 
-export declare class HealthAPI {
+export interface HealthAPI {
   isHealthy(options?: CallOptions): Promise<boolean>;
   waitForSidecar(options?: { timeoutMs?: number; intervalMs?: number }): Promise<void>;
 }

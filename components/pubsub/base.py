@@ -28,6 +28,8 @@ class PubSubFeature(StrEnum):
 
 _GO_ZERO = re.compile(r"^[-+]?0$")
 _INTEGER = re.compile(r"^[-+]?[0-9]+$")
+# Go caps a TTL beyond time.Duration's range at its largest value, about 292 years.
+_MAX_TTL_SECONDS = (2**63 - 1) // 10**9
 # Go's time.ParseDuration: every number carries a unit, no spaces.
 _GO_DURATION = re.compile(r"^[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+$")
 
@@ -53,10 +55,10 @@ def message_ttl(metadata: Mapping[str, str]) -> float | None:
         seconds = int(value)
         if seconds <= 0:
             raise ValueError(f"ttl value must be higher than zero: actual is '{seconds}'")
-        return float(seconds)
+        return float(min(seconds, _MAX_TTL_SECONDS))
     if not _GO_DURATION.match(value):
         raise ValueError(f"ttl value must be a valid integer: actual is '{value}'")
-    return max(0.0, parse_duration(value.replace("μs", "us")))
+    return min(max(0.0, parse_duration(value.replace("μs", "us"))), _MAX_TTL_SECONDS)
 
 
 @dataclass(slots=True)

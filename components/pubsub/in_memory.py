@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from components.base import ComponentContext
@@ -69,7 +70,9 @@ class InMemoryPubSub:
 
 
 class _Subscription:
-    def __init__(self, topic: str, handler: Handler, concurrency: int, forget: Any) -> None:
+    def __init__(
+        self, topic: str, handler: Handler, concurrency: int, forget: Callable[[_Subscription], None]
+    ) -> None:
         self._exact = topic
         self._prefix = topic[:-1] if topic.endswith("*") else None
         self._handler = handler

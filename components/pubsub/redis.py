@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -54,6 +55,7 @@ _DEFAULT_BLOCK_SECONDS = 3.0
 # XAUTOCLAIM (Redis 6.2) is what reclaims messages of dead consumers.
 _MIN_SERVER_VERSION = (6, 2)
 _FIRST_ID = "0-0"
+_NOT_NAME_CHARACTER = re.compile(r"[^!-~]")
 
 _STREAM_FIELDS = MetadataSchema(
     (
@@ -89,8 +91,8 @@ _STREAM_FIELDS = MetadataSchema(
             "concurrency",
             FieldType.INTEGER,
             default=10,
-            description="Most handlers in flight per subscription (the lower of this and the "
-            "subscription's own limit); 1 gives in-order delivery.",
+            description="Messages handed to the app at once per subscription (a subscription's own "
+            "`concurrency` metadata overrides it); 1 keeps order.",
         ),
         MetadataField(
             "maxLenApprox",
@@ -139,7 +141,6 @@ class RedisPubSub:
         self.processing_timeout: float = metadata["processingTimeout"]
         self.redeliver_interval: float = metadata["redeliverInterval"]
         self.queue_depth: int = metadata["queueDepth"]
-        self.concurrency: int = metadata["concurrency"]
         for name in ("queueDepth", "concurrency"):
             if metadata[name] < 1:
                 raise MetadataError(name, "must be at least 1")
@@ -159,7 +160,6 @@ class RedisPubSub:
         self._stream_ttl_ms = int(ttl * 1000) if ttl and not max_len else 0
         self.block_seconds = self.settings.read_timeout or _DEFAULT_BLOCK_SECONDS
         self._client: Redis | None = None
-        self._reader: Redis | None = None
         self._subscriptions: set[StreamSubscription] = set()
         self._count = 0
 
@@ -181,15 +181,13 @@ class RedisPubSub:
                 "pubsub.redis needs 6.2 or newer (XAUTOCLAIM)"
             )
         self._client = client
-        self._reader = build_client(self.settings, blocking_for=self.block_seconds)
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
         await asyncio.gather(*(s.close() for s in subscriptions))
-        for client in (self._reader, self._client):
-            if client is not None:
-                await client.aclose()
-        self._client = self._reader = None
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
     async def ping(self) -> None:
         await self._redis().ping()
@@ -212,19 +210,27 @@ class RedisPubSub:
         await self._redis().xadd(topic, fields, **trim)
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> StreamSubscription:
-        if self._reader is None:
-            raise RuntimeError(f"pubsub {self.name} is not connected")
+        client = self._redis()
         self._count += 1
+        consumer = f"{self.consumer_prefix}-{self._count}"
+        # Connection names cannot hold spaces or control characters; consumer names can.
+        reader_name = _NOT_NAME_CHARACTER.sub("_", consumer)
         subscription = StreamSubscription(
             owner=self,
-            client=self._redis(),
-            reader=self._reader,
+            client=client,
+            # A connection of its own, named so that close() can find it and end its wait.
+            reader=build_client(self.settings, blocking_for=self.block_seconds, client_name=reader_name),
+            reader_name=reader_name,
             topic=topic,
-            consumer=f"{self.consumer_prefix}-{self._count}",
+            consumer=consumer,
             handler=handler,
-            slots=max(1, min(options.concurrency, self.concurrency)),
+            slots=max(1, options.concurrency),
         )
-        await subscription.start()
+        try:
+            await subscription.start()
+        except BaseException:
+            await subscription.reader.aclose()
+            raise
         self._subscriptions.add(subscription)
         return subscription
 
@@ -233,7 +239,12 @@ class RedisPubSub:
 
 
 class StreamSubscription:
-    """One consumer of one stream: a read loop, the handlers it started, and their lease renewal."""
+    """One consumer of one stream: a read loop, the handlers it started, and their lease renewal.
+
+    Nothing here is cancelled while it waits on Redis (redis-py can lose a cancellation that
+    arrives mid-command, and with it the connection's state): the loops stop when asked, and a
+    blocked read is ended early with ``CLIENT UNBLOCK``.
+    """
 
     def __init__(
         self,
@@ -241,6 +252,7 @@ class StreamSubscription:
         owner: RedisPubSub,
         client: Redis,
         reader: Redis,
+        reader_name: str,
         topic: str,
         consumer: str,
         handler: Handler,
@@ -251,24 +263,26 @@ class StreamSubscription:
         self.group = owner.group
         self.consumer = consumer
         self._client = client
-        self._reader = reader
+        self.reader = reader
+        self._reader_name = reader_name
         self._handler = handler
         self._slots = slots
         # Entry IDs handed to a handler that has not finished yet.
         self._held: set[str] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self._stop_reading = asyncio.Event()
+        self._stop_renewing = asyncio.Event()
         self._redelivery = owner.processing_timeout > 0 and owner.redeliver_interval > 0
         self._min_idle_ms = max(1, int(owner.processing_timeout * 1000))
-        self._loop_task: asyncio.Task[None] | None = None
-        self._renew_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     async def start(self) -> None:
         await self._create_group()
-        self._loop_task = asyncio.create_task(self._consume(), name=f"redis-stream-{self.topic}")
+        self._tasks.append(asyncio.create_task(self._consume(), name=f"redis-stream-{self.topic}"))
         if self.owner.processing_timeout > 0:
-            self._renew_task = asyncio.create_task(self._renew_leases(), name=f"redis-lease-{self.topic}")
+            self._tasks.append(asyncio.create_task(self._renew_leases(), name=f"redis-lease-{self.topic}"))
 
     async def close(self) -> None:
         """Stop reading, let the handlers in flight finish (acking those that succeed), then leave."""
@@ -276,18 +290,39 @@ class StreamSubscription:
             return
         self._closed = True
         self.owner.forget(self)
-        await _cancel(self._loop_task)
+        self._stop_reading.set()
+        self._slot_freed.set()
+        reading = self._tasks[0]
         try:
+            while not reading.done():
+                await self._unblock_reader()
+                await asyncio.wait({reading}, timeout=0.1)
             if self._handlers:
                 await asyncio.wait(self._handlers)
         except asyncio.CancelledError:
-            # Our caller gave up waiting: the unfinished messages stay pending, for redelivery.
+            # Our caller gave up waiting: unfinished messages stay pending, for redelivery.
             for task in self._handlers:
                 task.cancel()
             raise
         finally:
-            await _cancel(self._renew_task)
+            self._stop_renewing.set()
+        await asyncio.wait(self._tasks)
         await self._leave_group()
+        await self.reader.aclose()
+
+    async def _unblock_reader(self) -> None:
+        try:
+            for client in await self._client.client_list():
+                if client.get("name") == self._reader_name:
+                    await self._client.client_unblock(int(client["id"]))
+        except (RedisError, OSError):
+            pass  # e.g. CLIENT is not allowed to this user: the read ends by itself within readTimeout
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> bool:
+        """Wait ``seconds`` or until ``stop`` is set; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        return stop.is_set()
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -304,10 +339,11 @@ class StreamSubscription:
         next_reclaim = time.monotonic() if self._redelivery else float("inf")
         cursor = _FIRST_ID
         failures = 0
-        while True:
-            while len(self._held) >= self._slots:
+        while not self._stop_reading.is_set():
+            if len(self._held) >= self._slots:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                continue
             free = min(self._slots - len(self._held), owner.queue_depth)
             try:
                 now = time.monotonic()
@@ -317,7 +353,7 @@ class StreamSubscription:
                         next_reclaim = now + owner.redeliver_interval
                 else:
                     block = min(owner.block_seconds, next_reclaim - now)
-                    reply = await self._reader.xreadgroup(
+                    reply = await self.reader.xreadgroup(
                         self.group,
                         self.consumer,
                         {self.topic: ">"},
@@ -326,8 +362,10 @@ class StreamSubscription:
                     )
                     # RESP2 (our clients' protocol) answers [[stream, entries]].
                     entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                # Even when stopping: what was read is in this consumer's pending list, so handle it.
                 self._dispatch(entries)
                 failures = 0
+                continue
             except ResponseError as exc:
                 if str(exc).startswith("NOGROUP"):
                     # The stream or the group is gone (server flushed or restarted without data).
@@ -337,28 +375,21 @@ class StreamSubscription:
                         self.group,
                         self.topic,
                     )
-                    await self._pause(failures, self._create_group)
-                else:
-                    log.error("pubsub %s: reading %r failed: %s", owner.name, self.topic, exc)
-                    await self._pause(failures)
-                failures += 1
+                    if not await self._sleep(0.1 * 2**failures, self._stop_reading):
+                        with contextlib.suppress(RedisError, OSError):
+                            await self._create_group()
+                    failures += 1
+                    continue
+                log.error("pubsub %s: reading %r failed: %s", owner.name, self.topic, exc)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if failures == 0:
                     log.warning(
                         "pubsub %s: lost Redis while reading %r (%s); retrying", owner.name, self.topic, exc
                     )
-                await self._pause(failures)
-                failures += 1
             except Exception:
                 log.exception("pubsub %s: unexpected error reading %r", owner.name, self.topic)
-                await self._pause(failures)
-                failures += 1
-
-    async def _pause(self, failures: int, then: Any = None) -> None:
-        await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-        if then is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await then()
+            await self._sleep(min(5.0, 0.1 * 2**failures), self._stop_reading)
+            failures += 1
 
     async def _reclaim(self, cursor: str, count: int) -> tuple[str, Sequence[StreamEntry]]:
         """Claim up to ``count`` messages idle for ``processingTimeout`` (their consumer died, or
@@ -435,13 +466,12 @@ class StreamSubscription:
     async def _renew_leases(self) -> None:
         """Keep the idle time of messages being handled here well below ``processingTimeout``."""
         every = max(0.05, self.owner.processing_timeout / 3)
-        while True:
-            await asyncio.sleep(every)
+        while not await self._sleep(every, self._stop_renewing):
             held: list[StreamIdT] = list(self._held)
             if not held:
                 continue
             try:
-                pass
+                await self._client.xclaim(self.topic, self.group, self.consumer, 0, held, justid=True)
             except (RedisError, OSError) as exc:
                 log.warning(
                     "pubsub %s: renewing %d message(s) on %r failed: %s",
@@ -462,15 +492,3 @@ class StreamSubscription:
                 await self._client.xgroup_delconsumer(self.topic, self.group, self.consumer)
         except (RedisError, OSError) as exc:
             log.debug("pubsub %s: leaving group %r on %r: %s", self.owner.name, self.group, self.topic, exc)
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None or task.done():
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise

@@ -13,6 +13,8 @@ from functools import cmp_to_key
 from typing import Any
 
 COMPARISONS = frozenset({"EQ", "NEQ", "GT", "GTE", "LT", "LTE"})
+# Evaluating a filter recurses once per level; this keeps far from Python's recursion limit.
+MAX_FILTER_DEPTH = 50
 
 
 class QueryError(ValueError):
@@ -70,14 +72,16 @@ def _path(text: Any) -> tuple[str, ...]:
     return tuple(text.split("."))
 
 
-def _parse_filter(node: Any) -> Filter:
+def _parse_filter(node: Any, depth: int = 1) -> Filter:
     if not isinstance(node, dict) or len(node) != 1:
         raise QueryError("a filter must be an object with exactly one operator")
+    if depth > MAX_FILTER_DEPTH:
+        raise QueryError(f"filters may nest at most {MAX_FILTER_DEPTH} levels deep")
     ((op, arg),) = node.items()
     if op in ("AND", "OR"):
         if not isinstance(arg, list) or len(arg) < 2:
             raise QueryError(f"{op} needs an array of at least two filters")
-        return Filter(op, children=tuple(_parse_filter(child) for child in arg))
+        return Filter(op, children=tuple(_parse_filter(child, depth + 1) for child in arg))
     if op in COMPARISONS or op == "IN":
         if not isinstance(arg, dict) or len(arg) != 1:
             raise QueryError(f"{op} needs an object with exactly one field")
@@ -93,32 +97,37 @@ def parse_query(body: bytes) -> Query:
         doc = json.loads(body)
     except ValueError as exc:
         raise QueryError(f"invalid query JSON: {exc}") from None
+    except RecursionError:
+        raise QueryError("invalid query JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise QueryError("the query must be a JSON object")
-    raw_filter = _get_ci(doc, "filter")
+    # As Go decodes into typed fields: null is absent, any other value of the wrong type an error.
+    raw_filter = _typed(_get_ci(doc, "filter"), dict, "filter must be an object")
     parsed_filter = _parse_filter(raw_filter) if raw_filter else None
     sort: list[SortKey] = []
-    for item in _get_ci(doc, "sort") or []:
+    for item in _typed(_get_ci(doc, "sort"), list, "sort must be an array") or []:
         if not isinstance(item, dict):
             raise QueryError("each sort entry must be an object")
-        order = str(_get_ci(item, "order") or "ASC").upper()
+        order = (_typed(_get_ci(item, "order"), str, "sort order must be a string") or "ASC").upper()
         if order not in ("ASC", "DESC"):
             raise QueryError(f"sort order must be ASC or DESC, not {order!r}")
         sort.append(SortKey(_path(_get_ci(item, "key")), order == "DESC"))
-    page = _get_ci(doc, "page") or {}
-    if not isinstance(page, dict):
-        raise QueryError("page must be an object")
-    limit = _get_ci(page, "limit") or 0
-    token = _get_ci(page, "token") or "0"
+    page = _typed(_get_ci(doc, "page"), dict, "page must be an object") or {}
+    limit = _get_ci(page, "limit")
+    limit = 0 if limit is None else limit
+    token = _typed(_get_ci(page, "token"), str, "page.token must be a string") or "0"
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise QueryError("page.limit must be a non-negative integer")
-    try:
-        offset = int(token)
-    except (TypeError, ValueError):
-        raise QueryError(f"invalid page token {token!r}") from None
-    if offset < 0:
+    # The token is an offset Pillion handed out: a few digits, never a sign or spaces.
+    if not token.isascii() or not token.isdigit() or len(token) > 18:
         raise QueryError(f"invalid page token {token!r}")
-    return Query(parsed_filter, tuple(sort), limit, offset)
+    return Query(parsed_filter, tuple(sort), limit, int(token))
+
+
+def _typed(value: Any, kind: type, problem: str) -> Any:
+    if value is not None and not isinstance(value, kind):
+        raise QueryError(problem)
+    return value
 
 
 _MISSING = object()
@@ -208,7 +217,7 @@ def run_query(query: Query, items: Iterable[QueryResult]) -> QueryPage:
     for item in items:
         try:
             value = json.loads(item.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or too deep to read: no field matches
             value = _MISSING
         if query.filter is None or (value is not _MISSING and matches(query.filter, value)):
             selected.append((item, value))

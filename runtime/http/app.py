@@ -31,8 +31,13 @@ class DaprRoute(Route):
     """A route whose method mismatch is a plain miss.
 
     daprd registers its fallback as both the not-found and the method-not-allowed handler, so a
-    known path with the wrong method must reach the fallback, not a 405.
+    known path with the wrong method must reach the fallback, not a 405. Only the methods given
+    are served: Starlette would add HEAD to every GET route, which daprd's router does not.
     """
+
+    def __init__(self, path: str, endpoint: Endpoint, methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.methods = set(methods)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child = super().matches(scope)
@@ -121,11 +126,13 @@ def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.
 
 def state_routes() -> list[BaseRoute]:
     write = ["POST", "PUT"]
+    # Most frequent first: the router tries routes in order. A GET of the key "bulk" is a key read,
+    # as in daprd, since the bulk route only takes POST and PUT.
     return [
+        route("/state/{store}/{key}", state.get_state, ["GET"]),
         route("/state/{store}", state.save_state, write),
         route("/state/{store}/bulk", state.bulk_get_state, write),
         route("/state/{store}/transaction", state.transaction, write),
-        route("/state/{store}/{key}", state.get_state, ["GET"]),
         route("/state/{store}/{key}", state.delete_state, ["DELETE"]),
         route("/state/{store}/query", state.query_state, write, version="v1.0-alpha1"),
     ]
@@ -165,7 +172,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = runtime_routes() + state_routes() + pubsub_routes() + secrets_routes() + (extra_routes or [])
+    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + (extra_routes or [])
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]

@@ -114,7 +114,8 @@ async def bulk_get_state(request: Request) -> Response:
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with keys")
-    keys = field(body, "keys") or []
+    keys = field(body, "keys")
+    keys = [] if keys is None else keys
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise malformed("failed deserializing HTTP body: keys must be an array of strings")
     string_map(field(body, "metadata"), "metadata")
@@ -144,7 +145,8 @@ async def transaction(request: Request) -> Response:
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with operations")
-    raw_ops = field(body, "operations") or []
+    raw_ops = field(body, "operations")
+    raw_ops = [] if raw_ops is None else raw_ops
     if not isinstance(raw_ops, list):
         raise malformed("failed deserializing HTTP body: operations must be an array")
     string_map(field(body, "metadata"), "metadata")

@@ -12,6 +12,7 @@ from urllib.parse import unquote_plus
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime import gojson
 from runtime.errors import APIError, malformed
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -71,7 +72,9 @@ def _reject_constant(name: str) -> Any:
 def decode_json(body: bytes) -> Any:
     """Parse a request body as daprd does (strict JSON: no NaN, no trailing commas)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return gojson.settle(json.loads(body, parse_constant=_reject_constant), body)
+    except RecursionError:
+        raise malformed(f"failed deserializing HTTP body: {gojson.JSONTooDeep()}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise malformed(f"failed deserializing HTTP body: {exc}") from None
 
@@ -106,7 +109,12 @@ def optional_string(value: Any, what: str) -> str:
 
 def encode_value(value: Any) -> bytes:
     """How a state value is stored: compact JSON with sorted keys, as daprd re-encodes it."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        # Python reads 1e400 as infinity, which has no JSON spelling; Go refuses the number.
+        raise malformed("failed deserializing HTTP body: a number in the value is out of range") from None
+    return text.encode()
 
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -118,8 +126,8 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 def raw_json(data: bytes) -> bytes:
     """Stored bytes as a JSON value to embed in a response (base64 text if they are not JSON)."""
     try:
-        json.loads(data)
-    except ValueError:
+        json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         return json.dumps(base64.b64encode(data).decode()).encode()
     return data
 

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { collectingLogger, loadDaprSDK } from './dapr-sdk.mjs';
+import { collectingLogger, loadDaprSDK } from './npm-cache.mjs';
 import { eventually, freePort, PUBSUB, secretStore, startSidecar, STATE_STORE } from './sidecar.mjs';
 
 const SECRETS = JSON.stringify({ 'db-password': 'hunter2', smtp: { user: 'mailer' } });

@@ -1,0 +1,7 @@
+module fulfilment
+
+go 1.19
+
+require pillion v0.0.0
+
+replace pillion => ../../clients/go
