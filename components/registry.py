@@ -19,6 +19,9 @@ _COMPONENTS: dict[str, str] = {
     "pubsub.redis": "components.pubsub.redis:RedisPubSub",
     "pubsub.in-memory": "components.pubsub.in_memory:InMemoryPubSub",
     "pubsub.sqlite": "components.pubsub.sqlite:SQLitePubSub",
+    "pubsub.jetstream": "components.pubsub.jetstream:JetStreamPubSub",
+    "pubsub.rabbitmq": "components.pubsub.rabbitmq:RabbitMQPubSub",
+    "pubsub.mqtt3": "components.pubsub.mqtt3:MQTTPubSub",
 }
 
 

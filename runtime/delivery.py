@@ -222,7 +222,9 @@ class Deliverer:
             event_id = event.get("id")
             if outcome is Outcome.DROP:
                 level = logging.ERROR if status == 404 else logging.WARNING
-                log.log(level, "event %s on %s to %s dropped: %s", event_id, self._where, path, reason)
+                where_to = self.subscription.dead_letter_topic
+                fate = f"sent to dead-letter topic {where_to}" if where_to else "dropped"
+                log.log(level, "event %s on %s to %s %s: %s", event_id, self._where, path, fate, reason)
                 if self.subscription.dead_letter_topic:
                     await self._send_to_dead_letter(message, event_id)
                 elif metrics is not None:

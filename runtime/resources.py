@@ -71,6 +71,24 @@ def _scalar_text(value: Any) -> str:
     return str(value)
 
 
+def _env_ref(variable: Any, field_name: str, file: Path, component: str) -> str:
+    """A value read from the sidecar's environment (Dapr's ``envRef``).
+
+    Like daprd, the sidecar's own credentials are off limits: ``DAPR_*``, ``PILLION_*`` and
+    ``APP_API_TOKEN``. An unset variable stops start-up rather than leaving the field empty.
+    """
+    where = f"metadata field {field_name!r}: envRef"
+    if not isinstance(variable, str) or not variable or " " in variable:
+        raise ResourceError(file, component, f"{where} must name an environment variable")
+    upper = variable.upper()
+    if upper.startswith(("DAPR_", "PILLION_")) or upper == "APP_API_TOKEN":
+        raise ResourceError(file, component, f"{where} {variable!r} is refused: it is the sidecar's own")
+    value = os.environ.get(variable)
+    if value is None:
+        raise ResourceError(file, component, f"{where} {variable!r} is not set")
+    return value
+
+
 def _parse_component(doc: dict[str, Any], file: Path) -> ComponentResource:
     meta = doc.get("metadata") or {}
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
@@ -94,12 +112,12 @@ def _parse_component(doc: dict[str, Any], file: Path) -> ComponentResource:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ResourceError(file, name, "each spec.metadata item needs a name")
         field_name = item["name"]
-        if "envRef" in item:
-            raise ResourceError(file, name, f"metadata field {field_name!r}: envRef is not supported yet")
         if field_name in values or any(r.field == field_name for r in refs):
             raise ResourceError(file, name, f"metadata field {field_name!r} is given twice")
         if "secretKeyRef" in item:
             refs.append(_secret_key_ref(item, file, name))
+        elif "envRef" in item:
+            values[field_name] = _env_ref(item["envRef"], field_name, file, name)
         else:
             values[field_name] = _scalar_text(item.get("value"))
     auth = doc.get("auth") or {}

@@ -383,6 +383,35 @@ async def test_cancelled_handler_is_not_acked(broker: Broker, redis: Redis, topi
     assert inbox2.payloads == [b"interrupted"]
 
 
+async def test_messages_interrupted_by_shutdown_go_to_the_next_sidecar_at_once(
+    broker: Broker, redis: Redis, topic: str
+) -> None:
+    """The runtime's handler raises CancelledError when the sidecar stops mid-delivery; the message
+    stays unacknowledged and is claimable at once, not a processingTimeout (here 30s) later."""
+    stopping = asyncio.Event()
+
+    async def interrupted_by_stop(message: Message) -> None:
+        await stopping.wait()
+        raise asyncio.CancelledError("the sidecar is stopping")
+
+    slow = {"processingTimeout": "30s", "redeliverInterval": "100ms"}
+    pubsub = await broker.open(**slow)
+    inbox = Inbox(interrupted_by_stop)
+    subscription = await pubsub.subscribe(topic, inbox, SubscribeOptions())
+    await pubsub.publish(topic, b"half-done", {})
+    await wait_until(lambda: inbox.in_flight == 1)
+    closing = asyncio.create_task(subscription.close())
+    stopping.set()
+    await closing
+    assert inbox.messages == []
+    assert await pending_count(redis, topic, "app") == 1
+    successor = await broker.open(**slow)
+    inbox2 = Inbox()
+    await successor.subscribe(topic, inbox2, SubscribeOptions())
+    await inbox2.wait_for(1, within=5)
+    assert inbox2.payloads == [b"half-done"]
+
+
 async def test_group_is_created_again_when_the_stream_is_deleted(
     broker: Broker, redis: Redis, topic: str
 ) -> None:

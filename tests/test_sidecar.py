@@ -219,3 +219,27 @@ def test_reads_a_dapr_written_sqlite_database(tmp_path: Path) -> None:
         assert c.status_code == 200 and "metadata.ttlExpireTime" in c.headers
     finally:
         sidecar.stop()
+
+
+def test_env_ref_reads_the_environment(tmp_path: Path) -> None:
+    yaml = (
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: st\nspec:\n"
+        "  type: state.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n"
+        "    envRef: STATE_DB_PATH\n"
+    )
+    db = tmp_path / "from-env.db"
+    sidecar = start_sidecar(tmp_path, resources={"st.yaml": yaml}, env={"STATE_DB_PATH": str(db)})
+    try:
+        assert httpx.post(sidecar.url + "/v1.0/state/st", json=[{"key": "k", "value": 1}]).status_code == 204
+    finally:
+        sidecar.stop()
+    assert db.exists()
+    for variable, problem in (("UNSET_VARIABLE_X", "is not set"), ("DAPR_API_TOKEN", "is refused")):
+        folder = write_resources(
+            tmp_path / f"res-{variable}", {"st.yaml": yaml.replace("STATE_DB_PATH", variable)}
+        )
+        result = run_sidecar_to_exit(
+            tmp_path, ["--app-id", "a", "--resources-path", str(folder), "--dapr-http-port", str(free_port())]
+        )
+        assert result.returncode == 1
+        assert f"envRef '{variable}' {problem}" in result.stderr

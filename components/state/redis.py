@@ -192,7 +192,8 @@ class RedisStateStore:
     def _expected_version(op: Operation) -> str:
         if op.etag is None:
             return ""
-        if not _INTEGER.fullmatch(op.etag):
+        # Go's Atoi: an integer in int64's range (longer text would also exceed Python's limit).
+        if not _INTEGER.fullmatch(op.etag) or len(op.etag) > 20 or not -(2**63) <= int(op.etag) < 2**63:
             raise ETagInvalid(op.key, f"invalid etag value {op.etag!r}: etags of state.redis are integers")
         return str(int(op.etag))
 

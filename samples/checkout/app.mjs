@@ -8,7 +8,7 @@
 // Checkout checks only what it needs to store an order (its id). Whether an order can be shipped
 // is fulfilment's call: one it cannot ship ends on the dead-letter topic and comes back "rejected".
 import http from 'node:http';
-import { DaprClient, DaprError, SubscriptionServer } from '../../clients/node/index.js';
+import { DROP, DaprClient, DaprError, SubscriptionServer } from '../../clients/node/index.js';
 
 const STORE = process.env.STATE_STORE ?? 'statestore';
 const PUBSUB = process.env.PUBSUB ?? 'pubsub';
@@ -22,6 +22,10 @@ const isConflict = (error) => error instanceof DaprError && error.status === 409
 
 async function recordShipment(event) {
   const shipment = event.data;
+  if (typeof shipment?.orderId !== 'string' || !VALID_ID.test(shipment.orderId)) {
+    console.error(`dropping a shipment without a valid orderId: ${JSON.stringify(shipment)}`);
+    return DROP;
+  }
   try {
     // first-write: a redelivered shipment finds its record there and changes nothing.
     await dapr.state.save(STORE, {

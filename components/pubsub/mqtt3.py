@@ -1,0 +1,424 @@
+"""``pubsub.mqtt3``: MQTT 3.1.1 through aiomqtt, QoS 1 (see docs/pubsub-brokers.md for the limits).
+
+A topic is an MQTT topic (``topicPrefix`` + topic; ``+`` and ``#`` work in subscriptions). The
+sidecars of one consumer group (``consumerID``, by default the app id) share each topic through a
+shared subscription, ``$share/<group>/<topic>``, so they compete for messages and every group gets
+each one. Payloads travel unchanged, as Dapr's component sends them; MQTT 3.1.1 has no headers, so
+message metadata does not travel.
+
+At-least-once:
+
+* Each subscription is its own MQTT session with a client id that stays the same across restarts
+  of the same sidecar (the app's group, a hash of host, data folder, component and a slot number
+  leased with a lock file, and a hash of the topic) and ``cleanSession`` false, so the broker keeps
+  the subscription and queues messages while the sidecar is down.
+* PUBACK is sent only after the handler returned (paho-mqtt's manual acknowledgement; aiomqtt does
+  not expose it yet, aiomqtt#345). A message not acknowledged when the connection ends is sent
+  again by the broker when the same session reconnects.
+* MQTT 3.1.1 cannot reject a message, so a handler that raised is run again by the sidecar itself
+  after a pause, while the broker still counts the message as unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import re
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+from urllib.parse import unquote, urlsplit
+
+from components.base import ComponentContext
+from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.naming import expand_consumer_id, short_hash
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+log = logging.getLogger("pillion.pubsub.mqtt3")
+
+# A message whose handler raised is handed to it again after this pause (MQTT 3.1.1 has no way to
+# give a message back to the broker short of dropping the connection).
+_RETRY_AFTER = 1.0
+_MAX_RECONNECT_WAIT = 10.0
+_SCHEMES = {"tcp": False, "mqtt": False, "ssl": True, "tls": True, "mqtts": True}
+_GROUP_UNSAFE = re.compile(r"[/+#\s]+")
+
+_SCHEMA = MetadataSchema(
+    (
+        MetadataField(
+            "url",
+            required=True,
+            sensitive=True,
+            description="Broker address: `tcp://[user[:password]@]host[:port]`, or `ssl://` for TLS.",
+        ),
+        MetadataField(
+            "consumerID",
+            default="",
+            description="Consumer group (default: the app id), used as the shared-subscription group "
+            "and at the start of each client id; `{appID}`, `{uuid}`, `{podName}`, `{namespace}` "
+            "are replaced.",
+        ),
+        MetadataField(
+            "qos",
+            FieldType.INTEGER,
+            default=1,
+            description="QoS of published messages: 1 (default), 2, or 0 (fire and forget: lost if "
+            "the connection drops). Subscriptions always use QoS 1.",
+        ),
+        MetadataField(
+            "retain",
+            FieldType.BOOLEAN,
+            default=False,
+            description="Publish retained messages (a new subscriber first gets the topic's last one).",
+        ),
+        MetadataField(
+            "cleanSession",
+            FieldType.BOOLEAN,
+            default=False,
+            description="true drops the broker's session at each connect: messages published while "
+            "a sidecar is down, or unacknowledged when it stopped, are lost.",
+        ),
+        MetadataField(
+            "topicPrefix",
+            default="",
+            description="Pillion: put in front of every topic (e.g. `staging/`), so several "
+            "environments can share one broker. Apps never see it.",
+        ),
+        MetadataField(
+            "concurrency",
+            FieldType.INTEGER,
+            default=10,
+            description="Messages handed to the app at once per subscription (a subscription's own "
+            "`concurrency` metadata overrides it); 1 keeps order.",
+        ),
+        MetadataField("keepAlive", FieldType.DURATION, default=30.0, description="MQTT keep-alive interval."),
+        MetadataField(
+            "caCert", default="", description="PEM CA certificate(s) that sign the broker's certificate."
+        ),
+        MetadataField("clientCert", default="", description="PEM client certificate, with `clientKey`."),
+        MetadataField("clientKey", default="", sensitive=True, description="PEM key of `clientCert`."),
+    )
+)
+
+
+class MQTTPubSub:
+    schema: ClassVar[MetadataSchema] = _SCHEMA
+    features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.SUBSCRIBE_WILDCARDS})
+
+    def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
+        parts = urlsplit(metadata["url"])
+        if parts.scheme not in _SCHEMES or not parts.hostname:
+            raise MetadataError("url", "must look like tcp://host:1883 or ssl://host:8883")
+        if metadata["qos"] not in (0, 1, 2):
+            raise MetadataError("qos", "must be 0, 1 or 2")
+        if metadata["concurrency"] < 1:
+            raise MetadataError("concurrency", "must be at least 1")
+        if bool(metadata["clientCert"]) != bool(metadata["clientKey"]):
+            raise MetadataError("clientCert", "clientCert and clientKey go together")
+        self.name = context.name
+        self.tls = _SCHEMES[parts.scheme]
+        self.host: str = parts.hostname
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.group = expand_consumer_id(metadata["consumerID"], context.app_id)
+        self.share_group = _GROUP_UNSAFE.sub("_", self.group)
+        self.qos: int = metadata["qos"]
+        self.retain: bool = metadata["retain"]
+        self.clean_session: bool = metadata["cleanSession"]
+        self.prefix: str = metadata["topicPrefix"]
+        self.keepalive = max(1, round(metadata["keepAlive"]))
+        self._pem = (metadata["caCert"], metadata["clientCert"], metadata["clientKey"])
+        self._ssl: ssl.SSLContext | None = None
+        self._sessions_dir = context.data_dir
+        self._lease: TextIO | None = None
+        self.instance = ""
+        self._publisher: aiomqtt.Client | None = None
+        self._publisher_lock = asyncio.Lock()
+        self._subscriptions: set[SharedSubscription] = set()
+        if self.qos == 0:
+            log.warning(
+                "pubsub %s: qos 0 publishes without waiting for the broker; messages can be lost", self.name
+            )
+        if self.clean_session:
+            log.warning(
+                "pubsub %s: cleanSession is true; messages published while a sidecar is down, or in "
+                "flight when it stops, are lost",
+                self.name,
+            )
+
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def init(self) -> None:
+        if self.tls:
+            self._ssl = await asyncio.to_thread(self._ssl_context)
+        lease, slot = await asyncio.to_thread(self._lease_slot)
+        self._lease = lease
+        self.instance = short_hash(socket.gethostname(), str(self._sessions_dir), self.name, str(slot))
+        try:
+            self._publisher = await self._connect(None, clean_session=True)
+        except Exception as exc:
+            await asyncio.to_thread(lease.close)
+            self._lease = None
+            raise RuntimeError(f"cannot reach the MQTT broker at {self.where()}: {exc}") from None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ca, cert, key = self._pem
+        context = ssl.create_default_context(cadata=ca or None)
+        if cert:
+            # ssl can load a certificate chain only from files; they live just long enough for that.
+            with tempfile.TemporaryDirectory() as folder:
+                cert_file, key_file = Path(folder, "cert.pem"), Path(folder, "key.pem")
+                cert_file.write_text(cert)
+                key_file.touch(mode=0o600)
+                key_file.write_text(key)
+                context.load_cert_chain(cert_file, key_file)
+        return context
+
+    def _lease_slot(self) -> tuple[TextIO, int]:
+        """Take the lowest session slot no running sidecar of this data folder holds. A sidecar
+        restarted in the same place gets the same slot, hence the same client ids, and so the
+        messages its sessions kept."""
+        self._sessions_dir.mkdir(parents=True, exist_ok=True)
+        slot = 0
+        while True:
+            path = self._sessions_dir / f"mqtt3-{self.name}-{slot}.session"
+            handle = path.open("a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                slot += 1
+                continue
+            return handle, slot
+
+    def _record_session(self, client_id: str) -> None:
+        """Note the client id in the slot file: these are the broker sessions to remove (connect
+        with a clean session) when this sidecar is retired for good."""
+        if self._lease is None:
+            return
+        self._lease.seek(0)
+        known = set(self._lease.read().split())
+        if client_id not in known:
+            self._lease.write(client_id + "\n")
+            self._lease.flush()
+
+    async def _connect(self, client_id: str | None, *, clean_session: bool) -> aiomqtt.Client:
+        import aiomqtt
+
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=client_id,
+            clean_session=clean_session,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            keepalive=self.keepalive,
+            tls_context=self._ssl,
+            timeout=10,
+        )
+        # Before connecting: a persistent session starts sending what it kept at once.
+        # aiomqtt has no public switch for this yet (aiomqtt#345); paho-mqtt 2 has.
+        client._client.manual_ack_set(True)
+        await client.__aenter__()
+        return client
+
+    async def close(self) -> None:
+        subscriptions, self._subscriptions = list(self._subscriptions), set()
+        await asyncio.gather(*(s.close() for s in subscriptions))
+        if self._publisher is not None:
+            await _disconnect(self._publisher)
+            self._publisher = None
+        if self._lease is not None:
+            await asyncio.to_thread(self._lease.close)
+            self._lease = None
+
+    async def ping(self) -> None:
+        if self._publisher is None:
+            raise RuntimeError(f"pubsub {self.name} is not connected to the MQTT broker")
+
+    # --- publish and subscribe --------------------------------------------------------------
+
+    def topic_name(self, topic: str) -> str:
+        return self.prefix + topic
+
+    async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
+        from aiomqtt import MqttError
+
+        client = self._publisher
+        if client is None:
+            client = await self._reconnect_publisher()
+        try:
+            # Returns after PUBACK (QoS 1) or PUBCOMP (QoS 2): the broker has the message.
+            await client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
+        except MqttError:
+            client = await self._reconnect_publisher(client)
+            await client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
+
+    async def _reconnect_publisher(self, broken: aiomqtt.Client | None = None) -> aiomqtt.Client:
+        async with self._publisher_lock:
+            if self._publisher is not None and self._publisher is not broken:
+                return self._publisher  # another publish reconnected meanwhile
+            if broken is not None:
+                await _disconnect(broken)
+            self._publisher = None
+            self._publisher = await self._connect(None, clean_session=True)
+            return self._publisher
+
+    async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> SharedSubscription:
+        if self._lease is None:
+            raise RuntimeError(f"pubsub {self.name} is not connected")
+        client_id = f"{self.group}-{self.instance}-{short_hash(topic, length=6)}"
+        await asyncio.to_thread(self._record_session, client_id)
+        subscription = SharedSubscription(self, topic, client_id, handler, max(1, options.concurrency))
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def forget(self, subscription: SharedSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+
+class SharedSubscription:
+    """One MQTT session subscribed to ``$share/<group>/<topic>``, reconnecting when it drops."""
+
+    def __init__(self, owner: MQTTPubSub, topic: str, client_id: str, handler: Handler, slots: int) -> None:
+        self.owner = owner
+        self.topic = topic
+        self.client_id = client_id
+        self.filter = f"$share/{owner.share_group}/{owner.topic_name(topic)}"
+        self._handler = handler
+        self._slots = asyncio.Semaphore(slots)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._client: aiomqtt.Client | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Connect and subscribe once (raising if that fails), then keep reading in the background."""
+        client = await self._session()
+        self._reader = asyncio.create_task(self._read(client), name=f"mqtt-{self.topic}")
+
+    async def _session(self) -> aiomqtt.Client:
+        client = await self.owner._connect(self.client_id, clean_session=self.owner.clean_session)
+        try:
+            await client.subscribe(self.filter, qos=1)
+        except BaseException:
+            await _disconnect(client)
+            raise
+        self._client = client
+        return client
+
+    async def close(self) -> None:
+        """Stop reading, let the handlers in flight finish and acknowledge, then disconnect. The
+        session stays with the broker, so messages published meanwhile wait for the next start."""
+        if self._closing:
+            return
+        self._closing = True
+        self.owner.forget(self)
+        if self._reader is not None:
+            # Messages read but not yet handed to a handler stay unacknowledged: they come back.
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        try:
+            if self._handlers:
+                await asyncio.wait(self._handlers)
+        except asyncio.CancelledError:
+            for task in self._handlers:
+                task.cancel()
+            raise
+        finally:
+            if self._client is not None:
+                await _disconnect(self._client)
+                self._client = None
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        from aiomqtt import MqttError
+
+        failures = 0
+        while True:
+            try:
+                async for incoming in client.messages:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._handle(incoming, client))
+                    self._handlers.add(task)
+                    task.add_done_callback(self._handlers.discard)
+                    failures = 0
+            except MqttError as exc:
+                log.warning(
+                    "pubsub %s: lost the MQTT session for %r (%s); reconnecting; messages in flight will "
+                    "be delivered again",
+                    self.owner.name,
+                    self.topic,
+                    exc,
+                )
+            self._client = None
+            await _disconnect(client)
+            while True:
+                await asyncio.sleep(min(_MAX_RECONNECT_WAIT, 0.2 * 2**failures))
+                failures += 1
+                try:
+                    client = await self._session()
+                    break
+                except Exception as exc:
+                    if failures == 1:
+                        log.warning(
+                            "pubsub %s: reconnecting for %r failed: %s", self.owner.name, self.topic, exc
+                        )
+
+    async def _handle(self, incoming: aiomqtt.Message, client: aiomqtt.Client) -> None:
+        owner = self.owner
+        topic = incoming.topic.value
+        if owner.prefix and topic.startswith(owner.prefix):
+            topic = topic[len(owner.prefix) :]
+        payload = incoming.payload
+        data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        message = Message(topic, data, {}, str(incoming.mid))
+        try:
+            while True:
+                try:
+                    await self._handler(message)
+                    break
+                except Exception as exc:
+                    if self._closing:
+                        # Unacknowledged, it comes back when this session next connects.
+                        return
+                    log.warning(
+                        "pubsub %s: handling message %s on %r failed (%s); trying again in %gs",
+                        owner.name,
+                        message.id,
+                        topic,
+                        exc or type(exc).__name__,
+                        _RETRY_AFTER,
+                    )
+                    await asyncio.sleep(_RETRY_AFTER)
+            # Only on the connection it came from: after a reconnect its id may name another message.
+            if client is self._client:
+                client._client.ack(incoming.mid, incoming.qos)
+        finally:
+            self._slots.release()
+
+
+async def _disconnect(client: aiomqtt.Client) -> None:
+    with contextlib.suppress(Exception):
+        await client.__aexit__(None, None, None)
+
+
+def session_client_ids(data_dir: Path) -> list[str]:
+    """Client ids of the MQTT sessions that sidecars using ``data_dir`` created (from their slot
+    files): the sessions to end when those sidecars are retired."""
+    ids: list[str] = []
+    for path in sorted(data_dir.glob("mqtt3-*.session")):
+        ids += path.read_text(encoding="utf-8").split()
+    return ids
