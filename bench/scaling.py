@@ -7,9 +7,11 @@ each gets the same closed-loop write load (wrk, 4 connections, POST /v1.0/state)
 backend: its connections at the peak, the consumers in the app's group (Redis), and the backend's
 own CPU time per write, which says how far one backend stretches once the sidecars run on machines
 of their own. Redis is a private redis-server on a free port; PostgreSQL is a private database on
-PILLION_POSTGRES_URL's server (default: the local one), skipped with a note when it does not answer.
+PILLION_POSTGRES_URL's server (default: the local one); one that does not answer fails the run
+(--no-postgres leaves PostgreSQL out).
 
-Needs wrk and redis-server. Takes about a minute and a half with the defaults.
+Needs wrk and redis-server. Takes about a minute and a half with the defaults. ``python -m bench.run``
+runs it too, as its ``scaling`` section.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,9 +41,11 @@ import httpx
 import psutil
 import redis
 
-from tests.postgres_support import fetch, private_database, server_url
+from bench.common import BenchError, need
+from bench.services import private_redis
+from tests.postgres_support import HOW_TO_GET_POSTGRES, fetch, private_database, server_url
 from tests.state_support import component, redis_metadata
-from tests.support import SidecarProcess, free_port, start_sidecar
+from tests.support import SidecarProcess, start_sidecar
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APP_ID = "scaleapp"
@@ -70,13 +73,6 @@ class Phase:
     backend_cpu_us_per_write: float | None
     sidecar_cpu_us_per_write: float
     sidecar_rss_mb: float
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        sys.exit(f"bench.scaling needs `{tool}` (Debian: apt-get install {tool})")
-    return path
 
 
 class _App(BaseHTTPRequestHandler):
@@ -111,47 +107,17 @@ def app_server() -> Iterator[int]:
         server.server_close()
 
 
-@contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    settings = ["--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [need("redis-server"), "--port", str(port), *settings],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                sys.exit("the private redis-server did not start")
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
 def wrk_writes(url: str, script: Path, seconds: float) -> float:
-    command = [need("wrk"), "-t", "1", "-c", str(CONNECTIONS_PER_SIDECAR), "-d", f"{seconds}s"]
+    command = [need("wrk"), "-t", "1", "-c", str(CONNECTIONS_PER_SIDECAR), "-d", f"{max(1, round(seconds))}s"]
     out = subprocess.run(
         [*command, "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    if "Non-2xx" in out:
-        sys.exit(f"wrk saw errors from {url}:\n{out}")
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert found is not None, out
+    if "Non-2xx" in out or found is None:
+        raise BenchError(f"wrk saw errors from {url}:\n{out}")
     return float(found.group(1))
 
 
@@ -335,6 +301,33 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure(workdir: Path, counts: list[int], seconds: float, with_postgres: bool = True) -> dict[str, Any]:
+    """Every phase: Redis for each count, then PostgreSQL (a failure when it does not answer)."""
+    need("wrk")
+    load_average = os.getloadavg()[0]
+    phases: list[Phase] = []
+    server = server_url()
+    if with_postgres and not postgres_reachable(server):
+        raise BenchError(f"PostgreSQL at {server} does not answer. {HOW_TO_GET_POSTGRES}")
+    with app_server() as app_port:
+        script = workdir / "write.lua"
+        script.write_text(WRITE_SCRIPT)
+        with private_redis(workdir) as url:
+            version = redis.Redis.from_url(url).info("server")["redis_version"]
+            phases += [redis_phase(workdir, url, n, app_port, script, seconds) for n in counts]
+        if with_postgres:
+            with private_database(server) as database:
+                phases += [postgres_phase(workdir, database, n, script, seconds) for n in counts]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"Redis {version}, everything on this one machine, load average {load_average:.2f} before the run",
+        "seconds": seconds,
+        "phases": [asdict(p) for p in phases],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -344,32 +337,11 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true", help="measure Redis only")
     args = parser.parse_args()
     counts = [int(n) for n in args.sidecars.split(",")]
-    need("wrk")
-    load_average = os.getloadavg()[0]
-    phases: list[Phase] = []
-    with tempfile.TemporaryDirectory(prefix="pillion-scaling-") as tmp, app_server() as app_port:
-        workdir = Path(tmp)
-        script = workdir / "write.lua"
-        script.write_text(WRITE_SCRIPT)
-        with private_redis(workdir) as url:
-            version = redis.Redis.from_url(url).info("server")["redis_version"]
-            phases += [redis_phase(workdir, url, n, app_port, script, args.seconds) for n in counts]
-        server = server_url()
-        if args.no_postgres:
-            pass
-        elif not postgres_reachable(server):
-            print(f"PostgreSQL at {server} does not answer: skipping it", file=sys.stderr)
-        else:
-            with private_database(server) as database:
-                phases += [postgres_phase(workdir, database, n, script, args.seconds) for n in counts]
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-        f"Redis {version}, everything on this one machine, load average {load_average:.2f} before the run",
-        "seconds": args.seconds,
-        "phases": [asdict(p) for p in phases],
-    }
+    with tempfile.TemporaryDirectory(prefix="pillion-scaling-") as tmp:
+        try:
+            results = measure(Path(tmp), counts, args.seconds, with_postgres=not args.no_postgres)
+        except BenchError as exc:
+            sys.exit(f"bench.scaling: {exc}")
     RESULTS.mkdir(exist_ok=True)
     stem = "scaling-" + datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The HTTP channel from the sidecar to the app: subscription discovery and event delivery.
 
-One pooled httpx client per sidecar. Every request carries ``dapr-api-token`` when
-``APP_API_TOKEN`` is set (reference section 6.2).
+One pooled httpx client per sidecar. Every request but the health probe carries
+``dapr-api-token`` when ``APP_API_TOKEN`` is set (reference section 6.2).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 
 import httpx
+
+from runtime.app_health import AppHealth, HealthCheck
 
 log = logging.getLogger("pillion.app")
 # httpx logs every request at INFO: one line per delivered message is noise, not news.
@@ -36,7 +38,7 @@ class AppReply:
 
 
 class AppChannel:
-    def __init__(self, address: str, port: int, app_id: str) -> None:
+    def __init__(self, address: str, port: int, app_id: str, health_check: HealthCheck | None = None) -> None:
         host = f"[{address}]" if ":" in address else address
         self.address, self.port, self.app_id = address, port, app_id
         self._token = os.environ.get("APP_API_TOKEN", "")
@@ -46,6 +48,8 @@ class AppChannel:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._probe: asyncio.Task[None] | None = None
+        # With --enable-app-health-check: deliveries go only while the probes say healthy.
+        self.health = AppHealth(health_check, self.check_health) if health_check is not None else None
 
     def _headers(self, headers: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
         if self._token:
@@ -70,8 +74,11 @@ class AppChannel:
     ) -> AppReply:
         """POST an event, waiting at most ``time_limit`` seconds (None: no limit) for the answer.
 
-        ``AppUnreachable`` when the port is closed, ``AppCallFailed`` on other transport errors.
+        ``AppUnreachable`` when the port is closed or the app is unhealthy (nothing was sent),
+        ``AppCallFailed`` on other transport errors.
         """
+        if self.health is not None and not self.health.healthy:
+            raise AppUnreachable("the app is unhealthy")
         try:
             response = await self._client.post(
                 path, content=body, headers=self._headers(headers), timeout=time_limit
@@ -83,10 +90,29 @@ class AppChannel:
         return AppReply(response.status_code, response.content)
 
     async def wait_reachable(self) -> None:
-        """Return once the app's port accepts connections (one probe shared by every waiter)."""
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._probe_port())
-        await asyncio.shield(self._probe)
+        """Return once the app's port accepts connections (one probe shared by every waiter) and,
+        with health checks, once the app is healthy."""
+        health = self.health
+        if health is None or health.healthy:
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._probe_port())
+            await asyncio.shield(self._probe)
+        if health is not None:
+            await health.wait_healthy()
+
+    async def check_health(self, path: str, time_limit: float) -> str | None:
+        """One health probe: None when ``GET path`` answers 2xx within ``time_limit`` seconds, else
+        the problem. Sent without the app token (reference section 6.2)."""
+        try:
+            async with asyncio.timeout(time_limit):
+                response = await self._client.get(path)
+        except TimeoutError:
+            return f"GET {path} did not answer within {time_limit:g}s"
+        except httpx.TransportError as exc:
+            return f"GET {path} failed: {exc!r}"
+        if 200 <= response.status_code <= 299:
+            return None
+        return f"GET {path} answered {response.status_code}"
 
     async def _probe_port(self) -> None:
         log.warning("app is not reachable on %s:%d; deliveries wait for it", self.address, self.port)

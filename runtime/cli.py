@@ -12,7 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from components.metadata import parse_duration
 from runtime import __version__, secrets_cli, status
+from runtime.app_health import HealthCheck
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
 from runtime.run import run
@@ -45,6 +47,47 @@ def _bool(text: str) -> bool:
     if value in ("0", "f", "false"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _duration(bare_unit_seconds: float) -> Callable[[str], float]:
+    """A positive Go duration, or a bare number in ``bare_unit_seconds``; in seconds."""
+
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text, bare_unit_seconds)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if seconds <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+        return seconds
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def _health_check(args: argparse.Namespace) -> HealthCheck | None:
+    if not args.enable_app_health_check:
+        return None
+    if args.app_port is None:
+        raise StartupError("--enable-app-health-check needs --app-port: there is no app to probe")
+    if args.app_health_probe_timeout > args.app_health_probe_interval:
+        raise StartupError("--app-health-probe-timeout must not be longer than --app-health-probe-interval")
+    path = args.app_health_check_path
+    return HealthCheck(
+        path=path if path.startswith("/") else "/" + path,
+        interval=args.app_health_probe_interval,
+        timeout=args.app_health_probe_timeout,
+        threshold=args.app_health_threshold,
+    )
 
 
 def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) -> None:
@@ -112,6 +155,37 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         default=5.0,
         help="seconds in-flight deliveries may take to finish when stopping (5)",
     )
+    health = parser.add_argument_group("app health checks (deliveries pause while the app is unhealthy)")
+    health.add_argument(
+        "--enable-app-health-check",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="probe the app's health (false); needs --app-port",
+    )
+    health.add_argument("--app-health-check-path", default="/healthz", help="path probed with GET (/healthz)")
+    health.add_argument(
+        "--app-health-probe-interval",
+        type=_duration(1.0),
+        default=5.0,
+        metavar="DURATION",
+        help="time between probes: seconds or a Go duration such as 500ms (5)",
+    )
+    health.add_argument(
+        "--app-health-probe-timeout",
+        type=_duration(0.001),
+        default=0.5,
+        metavar="DURATION",
+        help="time a probe may take: milliseconds, as in daprd, or a Go duration such as 2s (500)",
+    )
+    health.add_argument(
+        "--app-health-threshold",
+        type=_positive_int,
+        default=3,
+        help="failed probes in a row that make the app unhealthy (3)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +229,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         enable_metrics=args.enable_metrics,
         metrics_port=args.metrics_port,
         api_token=_api_token(args),
+        app_health=_health_check(args),
     )
 
 

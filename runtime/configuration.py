@@ -1,9 +1,9 @@
 """The ``Configuration`` resource given with ``--config FILE``: secret scopes and API switches.
 
-Other ``spec`` sections (tracing, metrics, ...) are read by the parts that use them; this module
-reads ``spec.secrets.scopes`` and ``spec.api``. Mistakes stop start-up with one line naming the
-file and the field, including a ``defaultAccess`` that is neither allow nor deny (daprd treats a
-typo there as allow).
+Other ``spec`` sections (metrics, ...) are read by the parts that use them; this module reads
+``spec.secrets.scopes``, ``spec.api`` and ``spec.tracing`` (sampling rate, OTLP endpoint). Mistakes
+stop start-up with one line naming the file and the field, including a ``defaultAccess`` that is
+neither allow nor deny (daprd treats a typo there as allow).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from runtime.resources import API_VERSION, ResourceError
+from runtime.tracing import TracingSettings
 
 log = logging.getLogger("pillion")
 
@@ -72,6 +73,7 @@ class Configuration:
     # Only the rules for the HTTP protocol: gRPC rules do not concern this server.
     api_allowed: frozenset[APIRule] = frozenset()
     api_denied: frozenset[APIRule] = frozenset()
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     def api_enabled(self, version: str, route: str) -> bool:
         """Whether the endpoint ``/<version>/<route>`` is served (daprd's ``IsAllowed``)."""
@@ -160,6 +162,33 @@ class _Reader:
                 )
         return frozenset(rules)
 
+    def tracing(self, spec: dict[str, Any]) -> TracingSettings:
+        tracing = self.mapping(spec.get("tracing"), "spec.tracing")
+        rate: float | None = None
+        if tracing.get("samplingRate") not in (None, ""):
+            text = str(tracing["samplingRate"])
+            try:
+                rate = float(text)
+            except ValueError:
+                rate = -1.0
+            if not 0.0 <= rate <= 1.0:
+                raise self.error("spec.tracing.samplingRate", f"{text!r} is not a number from 0 to 1")
+        otel = self.mapping(tracing.get("otel"), "spec.tracing.otel")
+        endpoint = ""
+        if otel.get("endpointAddress"):
+            address = self.text(otel["endpointAddress"], "spec.tracing.otel.endpointAddress")
+            secure = str(otel.get("isSecure", "")).lower() == "true"
+            endpoint = _otlp_url(address, secure)
+        return TracingSettings(rate, endpoint, str(otel.get("protocol") or ""))
+
+
+def _otlp_url(address: str, secure: bool) -> str:
+    """daprd's ``endpointAddress`` is ``host:port``; the OTLP/HTTP trace path is ``/v1/traces``."""
+    if "://" not in address:
+        address = f"{'https' if secure else 'http'}://{address}"
+    scheme, _, rest = address.partition("://")
+    return address if "/" in rest.rstrip("/") else f"{scheme}://{rest.rstrip('/')}/v1/traces"
+
 
 def load_configuration(file: Path) -> Configuration:
     try:
@@ -191,4 +220,5 @@ def load_configuration(file: Path) -> Configuration:
         secret_scopes=reader.scopes(spec),
         api_allowed=reader.rules(api, "allowed"),
         api_denied=reader.rules(api, "denied"),
+        tracing=reader.tracing(spec),
     )

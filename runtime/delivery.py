@@ -5,7 +5,8 @@ the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts 
 with exponential backoff up to ``deliveryMaxAttempts``; then, as for DROP and 404, the message goes
 to the subscription's dead-letter topic if it has one, otherwise it is dropped with a warning.
 Either way the handler returns and the broker removes the message, so a poison message never
-blocks its topic. While the app's port is closed nothing is tried and no attempt is used up.
+blocks its topic. While the app's port is closed, or its health checks fail, nothing is tried and
+no attempt is used up.
 
 The handler raises only when it could not settle the message (the dead-letter publish failed, or
 the sidecar is stopping): the broker then keeps the message and hands it out again.
@@ -29,6 +30,7 @@ from components.pubsub.base import Message
 from runtime import cloudevents
 from runtime.app_channel import AppChannel, AppUnreachable
 from runtime.subscriptions import RoutingError, Subscription
+from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
@@ -123,6 +125,7 @@ class Deliverer:
         dead_letter: DeadLetter,
         stopping: asyncio.Event,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.subscription = subscription
         self.policy = policy
@@ -130,6 +133,8 @@ class Deliverer:
         self._dead_letter = dead_letter
         self._stopping = stopping
         self._metrics = metrics
+        self._tracer = tracer or Tracer()
+        self._span_name = f"pubsub/{subscription.topic}"
         # Handler tasks now calling the app, and those waiting (backoff, app port closed).
         self._calling: set[asyncio.Task[Any]] = set()
         self._waiting: set[asyncio.Task[Any]] = set()
@@ -195,7 +200,35 @@ class Deliverer:
     async def _deliver(
         self, message: Message, event: dict[str, Any], body: bytes, path: str, metadata: dict[str, str]
     ) -> None:
-        headers = _headers(metadata, event)
+        # The delivery is a span of its own, a child of the publish's span carried in the event.
+        parent = event.get("traceparent") or event.get("traceid")
+        state = event.get("tracestate")
+        tracer = self._tracer
+        attributes = None
+        if tracer.exporting:
+            attributes = {
+                "messaging.system": "pubsub",
+                "messaging.destination.name": self.subscription.topic,
+                "messaging.message.id": str(event.get("id", "")),
+                "url.path": path,
+            }
+        span = tracer.start(
+            self._span_name,
+            parent if isinstance(parent, str) else None,
+            state if isinstance(state, str) else "",
+            "consumer",
+            attributes,
+        )
+        status, error = 0, ""
+        try:
+            status, error = await self._attempts(message, event, body, path, _headers(metadata, span))
+        finally:
+            span.finish(status, error)
+
+    async def _attempts(
+        self, message: Message, event: dict[str, Any], body: bytes, path: str, headers: dict[str, bytes]
+    ) -> tuple[int, str]:
+        """Try until settled; the last HTTP status and, when the app did not accept it, why not."""
         attempts = 0
         while True:
             if self._stopping.is_set():
@@ -218,7 +251,7 @@ class Deliverer:
             if outcome is Outcome.SUCCESS:
                 if metrics is not None:
                     metrics.delivered(*self._labels)
-                return
+                return status, ""
             event_id = event.get("id")
             if outcome is Outcome.DROP:
                 level = logging.ERROR if status == 404 else logging.WARNING
@@ -229,12 +262,12 @@ class Deliverer:
                     await self._send_to_dead_letter(message, event_id)
                 elif metrics is not None:
                     metrics.dropped(*self._labels)
-                return
+                return status, reason
             attempts += 1
             limit = self.policy.max_attempts
             if 0 <= limit <= attempts:
                 await self._give_up(message, f"event {event_id} to {path}: {reason}", attempts)
-                return
+                return status, reason
             if metrics is not None:
                 metrics.retried(*self._labels)
             delay = self.policy.backoff(attempts - 1)
@@ -302,16 +335,14 @@ def _stop() -> None:
     raise asyncio.CancelledError("the sidecar is stopping")
 
 
-def _headers(metadata: dict[str, str], event: dict[str, Any]) -> dict[str, bytes]:
+def _headers(metadata: dict[str, str], span: Span) -> dict[str, bytes]:
     headers = {"content-type": cloudevents.CLOUDEVENTS_JSON.encode()}
     for name, value in metadata.items():
         if name.lower() in _OWN_HEADERS or not _HEADER_NAME.match(name) or any(c in value for c in "\r\n\0"):
             continue
         headers[name] = value.encode("utf-8")
-    parent = event.get("traceparent") or event.get("traceid")
-    if isinstance(parent, str) and parent:
-        headers["traceparent"] = cloudevents.child_traceparent(parent).encode()
-        state = event.get("tracestate")
-        if isinstance(state, str) and state:
-            headers["tracestate"] = state.encode("utf-8")
+    # Always a traceparent: a message that came without one starts a trace (dapr/dapr#9990).
+    headers["traceparent"] = span.traceparent.encode()
+    if span.tracestate:
+        headers["tracestate"] = span.tracestate.encode("utf-8")
     return headers

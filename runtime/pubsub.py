@@ -17,6 +17,7 @@ from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents
 from runtime.errors import APIError, error_info
 from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
+from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
@@ -149,16 +150,34 @@ class FailedEntry:
     error: str
 
 
+@dataclass
+class _Running:
+    handle: BrokerSubscription
+    deliverer: Deliverer
+    # Set to stop this subscription: its waiting deliveries give up and the broker keeps them.
+    stopping: asyncio.Event
+
+
 class PubSubBlock:
-    def __init__(self, app_id: str, entries: Sequence[BrokerEntry], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        entries: Sequence[BrokerEntry],
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.app_id = app_id
         self._entries = {entry.name: entry for entry in entries}
         self.metrics = metrics
+        self.tracer = tracer or Tracer()
         self._declared: list[Subscription] = []
         self._programmatic: list[Subscription] = []
-        self._active: list[tuple[BrokerSubscription, Deliverer]] = []
+        # Per (pubsub, topic): the subscriptions delivering now.
+        self._running: dict[tuple[str, str], _Running] = {}
         self._channel: AppChannel | None = None
         self._stopping = asyncio.Event()
+        # Starting, reloading and stopping subscriptions take turns.
+        self._changing = asyncio.Lock()
 
     @property
     def has_brokers(self) -> bool:
@@ -266,18 +285,18 @@ class PubSubBlock:
         entry: BrokerEntry,
         topic: str,
         publication: Publication,
-        traceparent: str | None,
+        traceparent: str,
         tracestate: str,
     ) -> None:
+        """Publish one message; ``traceparent`` is the publish's own span (the request's)."""
         metadata = publication.metadata
         raw = self.raw_payload(entry, metadata)
         if raw:
             self.ttl(entry, metadata)
             data = publication.data
+            metadata = _with_trace(metadata, traceparent, tracestate)
         else:
-            data = self._wrap(
-                entry, topic, publication, cloudevents.child_traceparent(traceparent), tracestate
-            )
+            data = self._wrap(entry, topic, publication, traceparent, tracestate)
         self._check_scope(entry, topic)
         try:
             await entry.broker.publish(topic, data, metadata)
@@ -293,29 +312,36 @@ class PubSubBlock:
         topic: str,
         entries: Sequence[BulkEntry],
         raw: bool,
-        traceparent: str | None,
+        traceparent: str,
         tracestate: str,
     ) -> list[FailedEntry]:
-        """Publish each entry in order; the failed ones come back with their error."""
-        ready: list[tuple[str, bytes, dict[str, str]]] = []
+        """Publish each entry in order; the failed ones come back with their error.
+
+        Each entry gets its own span, a child of ``traceparent`` (the request's), as in daprd.
+        """
+        ready: list[tuple[str, bytes, dict[str, str], Span]] = []
         for item in entries:
             publication = item.publication
+            span = self.tracer.start(f"publish/{topic}", traceparent, tracestate, "producer")
+            metadata = publication.metadata
             if raw:
-                self.ttl(entry, publication.metadata)
+                self.ttl(entry, metadata)
                 data = publication.data
+                metadata = _with_trace(metadata, span.traceparent, span.tracestate)
             else:
-                # Each entry gets its own span, as in daprd.
-                span = cloudevents.child_traceparent(traceparent)
-                data = self._wrap(entry, topic, publication, span, tracestate)
-            ready.append((item.entry_id, data, publication.metadata))
+                data = self._wrap(entry, topic, publication, span.traceparent, span.tracestate)
+            ready.append((item.entry_id, data, metadata, span))
         self._check_scope(entry, topic)
         failed: list[FailedEntry] = []
-        for entry_id, data, metadata in ready:
+        for entry_id, data, metadata, span in ready:
             try:
                 await entry.broker.publish(topic, data, metadata)
             except Exception as exc:
                 self._count_failure(entry)
                 failed.append(FailedEntry(entry_id, str(exc) or type(exc).__name__))
+                span.finish(error=failed[-1].error)
+            else:
+                span.finish()
         if self.metrics is not None and len(ready) > len(failed):
             self.metrics.published(entry.name, topic, len(ready) - len(failed))
         return failed
@@ -340,54 +366,63 @@ class PubSubBlock:
         """Ask the app for its subscriptions, then start delivering every one in scope.
 
         ``SubscriptionError`` when the app's answer cannot be used (a rule that does not compile).
+        The channel stays the caller's: it outlives the subscriptions.
         """
         from runtime.app_channel import AppCallFailed
+
+        async with self._changing:
+            self._channel = channel
+            try:
+                reply = await channel.subscriptions()
+            except AppCallFailed as exc:
+                log.error("%s; only declarative subscriptions are started", exc)
+            else:
+                if reply.status == 200:
+                    self._programmatic = from_app(reply.body)
+                elif reply.status == 404:
+                    log.debug("user app did not subscribe to any topic")
+                else:
+                    log.error("app returned http status code %d from subscription endpoint", reply.status)
+            for subscription in self.subscriptions():
+                if self._stopping.is_set():
+                    return
+                await self._start(subscription)
+
+    async def _start(self, subscription: Subscription) -> None:
         from runtime.delivery import Deliverer, DeliveryPolicy
 
-        self._channel = channel
-        try:
-            reply = await channel.subscriptions()
-        except AppCallFailed as exc:
-            log.error("%s; only declarative subscriptions are started", exc)
-        else:
-            if reply.status == 200:
-                self._programmatic = from_app(reply.body)
-            elif reply.status == 404:
-                log.debug("user app did not subscribe to any topic")
-            else:
-                log.error("app returned http status code %d from subscription endpoint", reply.status)
-        for subscription in self.subscriptions():
-            if self._stopping.is_set():
-                return
-            entry = self._entries.get(subscription.pubsubname)
-            where = f"subscription {subscription.label()}"
-            if entry is None:
-                log.warning(
-                    "%s names pubsub %r, which is not loaded; nothing is delivered to it",
-                    where,
-                    subscription.pubsubname,
-                )
-                continue
-            if subscription.bulk_enabled:
-                log.error("%s asks for bulkSubscribe, which Pillion does not offer yet; not started", where)
-                continue
-            if not entry.scopes.may_subscribe(subscription.topic):
-                log.warning(
-                    "%s is not allowed for app id %s (subscriptionScopes); not started", where, self.app_id
-                )
-                continue
-            policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
-            deliverer = Deliverer(
-                subscription, policy, channel, self._dead_letter(entry), self._stopping, self.metrics
+        channel = self._channel
+        assert channel is not None
+        entry = self._entries.get(subscription.pubsubname)
+        where = f"subscription {subscription.label()}"
+        if entry is None:
+            log.warning(
+                "%s names pubsub %r, which is not loaded; nothing is delivered to it",
+                where,
+                subscription.pubsubname,
             )
-            options = SubscribeOptions(concurrency=policy.concurrency, metadata=dict(subscription.metadata))
-            try:
-                handle = await entry.broker.subscribe(subscription.topic, deliverer, options)
-            except Exception as exc:
-                log.error("%s could not start: %s", where, exc)
-                continue
-            self._active.append((handle, deliverer))
-            log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
+            return
+        if subscription.bulk_enabled:
+            log.error("%s asks for bulkSubscribe, which Pillion does not offer yet; not started", where)
+            return
+        if not entry.scopes.may_subscribe(subscription.topic):
+            log.warning(
+                "%s is not allowed for app id %s (subscriptionScopes); not started", where, self.app_id
+            )
+            return
+        policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+        stopping = asyncio.Event()
+        deliverer = Deliverer(
+            subscription, policy, channel, self._dead_letter(entry), stopping, self.metrics, self.tracer
+        )
+        options = SubscribeOptions(concurrency=policy.concurrency, metadata=dict(subscription.metadata))
+        try:
+            handle = await entry.broker.subscribe(subscription.topic, deliverer, options)
+        except Exception as exc:
+            log.error("%s could not start: %s", where, exc)
+            return
+        self._running[subscription.key] = _Running(handle, deliverer, stopping)
+        log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
 
     @staticmethod
     def _dead_letter(entry: BrokerEntry) -> Callable[[str, Message], Awaitable[None]]:
@@ -397,26 +432,82 @@ class PubSubBlock:
 
         return republish
 
-    async def stop_subscriptions(self, drain_timeout: float) -> None:
+    @property
+    def started(self) -> bool:
+        """Whether the subscriptions have started (the app was asked for its own)."""
+        return self._channel is not None
+
+    async def reload(
+        self,
+        brokers: Mapping[str, BrokerEntry | None],
+        declared: Sequence[Subscription],
+        drain_timeout: float,
+    ) -> None:
+        """Resource files changed: ``brokers`` are the pubsubs added or replaced (None: removed),
+        ``declared`` all the declarative subscriptions now.
+
+        Publishing uses the new brokers at once. A subscription restarts when its definition
+        changed or its broker was replaced; the others go on delivering undisturbed. Before the
+        subscriptions have started nothing restarts: they start from the new definitions.
+        """
+        async with self._changing:
+            before = {s.key: s for s in self.subscriptions()}
+            for name, entry in brokers.items():
+                if entry is None:
+                    self._entries.pop(name, None)
+                else:
+                    self._entries[name] = entry
+            self._declared = list(declared)
+            after = {s.key: s for s in self.subscriptions()}
+            changed = [
+                key
+                for key in sorted(before.keys() | after.keys())
+                if before.get(key) != after.get(key) or key[0] in brokers
+            ]
+            if self._channel is None or self._stopping.is_set():
+                return
+            await self._stop([key for key in changed if key in self._running], drain_timeout)
+            for key in changed:
+                if key in after:
+                    await self._start(after[key])
+                else:
+                    log.info("subscription %s/%s stopped: it is no longer defined", *key)
+
+    async def _stop(self, keys: Sequence[tuple[str, str]], drain_timeout: float) -> None:
         """Stop taking messages; deliveries in flight get ``drain_timeout`` seconds to finish."""
+        running = [self._running.pop(key) for key in keys]
+        for subscription in running:
+            subscription.stopping.set()
+        closing = [asyncio.ensure_future(r.handle.close()) for r in running]
+        if not closing:
+            return
+        _, late = await asyncio.wait(closing, timeout=drain_timeout)
+        if late:
+            log.warning("%d subscriptions still delivering after %gs; interrupting", len(late), drain_timeout)
+            for subscription in running:
+                subscription.deliverer.cancel_all()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in closing:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("closing a subscription failed: %s", task.exception())
+
+    async def stop_subscriptions(self, drain_timeout: float) -> None:
+        """Stop every subscription; deliveries in flight get ``drain_timeout`` seconds to finish."""
         self._stopping.set()
-        closing = [asyncio.ensure_future(handle.close()) for handle, _ in self._active]
-        if closing:
-            _, late = await asyncio.wait(closing, timeout=drain_timeout)
-            if late:
-                log.warning(
-                    "%d subscriptions still delivering after %gs; interrupting", len(late), drain_timeout
-                )
-                for _, deliverer in self._active:
-                    deliverer.cancel_all()
-                await asyncio.gather(*late, return_exceptions=True)
-            for task in closing:
-                if not task.cancelled() and task.exception() is not None:
-                    log.warning("closing a subscription failed: %s", task.exception())
-        self._active.clear()
-        if self._channel is not None:
-            await self._channel.aclose()
+        async with self._changing:
+            await self._stop(list(self._running), drain_timeout)
             self._channel = None
+
+
+def _with_trace(metadata: dict[str, str], traceparent: str, tracestate: str) -> dict[str, str]:
+    """A raw payload has no envelope: its trace travels in the message metadata, where delivery
+    finds it (daprd loses the trace of raw messages, dapr/dapr#7918)."""
+    if "traceparent" in metadata:
+        return metadata
+    added = {"traceparent": traceparent}
+    if tracestate:
+        added["tracestate"] = tracestate
+    return {**metadata, **added}
 
 
 def _bad_metadata(pubsub: str, metadata: Mapping[str, str], problem: str) -> APIError:

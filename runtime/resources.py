@@ -66,8 +66,9 @@ def _scalar_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        # Dapr treats structured values as their JSON text (e.g. queryIndexes).
-        return json.dumps(value)
+        # Dapr treats structured values as their JSON text (e.g. queryIndexes). YAML dates and
+        # timestamps inside them have no JSON type: they become their text.
+        return json.dumps(value, default=str)
     return str(value)
 
 

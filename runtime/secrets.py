@@ -40,6 +40,13 @@ class SecretsBlock:
         self._scopes = dict(scopes)
         self.metrics = metrics
 
+    def replace(self, name: str, store: SecretStore) -> None:
+        """Serve ``store`` as ``name`` from the next request on (hot reload)."""
+        self._stores[name] = store
+
+    def remove(self, name: str) -> None:
+        self._stores.pop(name, None)
+
     def _failed(self, store: str, operation: str, exc: Exception) -> None:
         """Count a failure of the store itself; a secret that does not exist is not one."""
         if self.metrics is not None and not isinstance(exc, SecretNotFound):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -23,6 +23,7 @@ from components.pubsub.base import PubSub
 from components.secretstores.base import SecretStore
 from components.state.base import StateStore
 from runtime import __version__
+from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.configuration import Configuration, load_configuration
 from runtime.metrics import Metrics, MetricsServer
 from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
@@ -38,6 +39,11 @@ from runtime.secrets import Redactor, SecretsBlock, init_order, resolve_referenc
 from runtime.state import StateBlock, StoreEntry, key_prefix
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
+from runtime.tracing import Tracer, create_tracer
+
+if TYPE_CHECKING:
+    from runtime.app_channel import AppChannel
+    from runtime.hot_reload import ResourceWatcher
 
 log = logging.getLogger("pillion")
 # A health probe must answer quickly even when a backend hangs.
@@ -64,6 +70,8 @@ class SidecarOptions:
     # --enable-metrics / --metrics-port: Prometheus text on its own loopback port.
     enable_metrics: bool = True
     metrics_port: int = 9090
+    # --enable-app-health-check and its settings; None when the app's health is not probed.
+    app_health: HealthCheck | None = None
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -126,6 +134,10 @@ class Sidecar:
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
+        self.tracer = Tracer()
+        # The HTTP channel to the app: made when first needed (health probes, subscriptions).
+        self.channel: AppChannel | None = None
+        self._watcher: ResourceWatcher | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -156,33 +168,46 @@ class Sidecar:
         for unresolved in init_order(resources):
             resource = await resolve_references(unresolved, secret_stores)
             self.redactor.add(secret_values(resource))
-            loaded = await self._init_component(resource, data_dir)
+            loaded = await self.init_component(resource, data_dir)
             if loaded is None:
                 continue
             self.components.append(loaded)
-            if resource.building_block == "secretstores":
-                secret_store: SecretStore = loaded.instance  # type: ignore[assignment]
-                secret_stores[resource.name] = secret_store
-                loaded.capabilities = sorted(str(f) for f in secret_store.features)
-            if resource.building_block == "state":
-                store: StateStore = self._encrypt_at_rest(loaded, loaded.instance)  # type: ignore[arg-type]
-                strategy = str(loaded.metadata["keyPrefix"])
-                try:
-                    prefix = key_prefix(strategy, self.options.app_id, resource.name)
-                except ValueError as exc:
-                    raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
-                stores.append(StoreEntry(resource.name, store, prefix))
-                loaded.capabilities = StateBlock.capabilities(store)
-            if resource.building_block == "pubsub":
-                broker: PubSub = loaded.instance  # type: ignore[assignment]
-                scopes = TopicScopes.from_metadata(loaded.metadata, self.options.app_id)
-                brokers.append(BrokerEntry(resource.name, broker, scopes, loaded.metadata))
-                loaded.capabilities = sorted(str(f) for f in broker.features)
+            entry = self.block_entry(loaded)
+            if isinstance(entry, StoreEntry):
+                stores.append(entry)
+            elif isinstance(entry, BrokerEntry):
+                brokers.append(entry)
+            else:
+                secret_stores[resource.name] = entry
         self.state = StateBlock(self.options.app_id, stores, self.metrics)
-        self.pubsub = PubSubBlock(self.options.app_id, brokers, self.metrics)
+        self.pubsub = PubSubBlock(self.options.app_id, brokers, self.metrics, self.tracer)
         self.pubsub.declare(self.declared_subscriptions)
         self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes, self.metrics)
         self.components_ready = True
+
+    def block_entry(self, loaded: LoadedComponent) -> StoreEntry | BrokerEntry | SecretStore:
+        """What the component's building block holds for it (capabilities are noted on the way).
+
+        ``StartupError`` when the component's runtime-level metadata cannot be used.
+        """
+        resource = loaded.resource
+        if resource.building_block == "state":
+            store: StateStore = self._encrypt_at_rest(loaded, loaded.instance)  # type: ignore[arg-type]
+            strategy = str(loaded.metadata["keyPrefix"])
+            try:
+                prefix = key_prefix(strategy, self.options.app_id, resource.name)
+            except ValueError as exc:
+                raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
+            loaded.capabilities = StateBlock.capabilities(store)
+            return StoreEntry(resource.name, store, prefix)
+        if resource.building_block == "pubsub":
+            broker: PubSub = loaded.instance  # type: ignore[assignment]
+            scopes = TopicScopes.from_metadata(loaded.metadata, self.options.app_id)
+            loaded.capabilities = sorted(str(f) for f in broker.features)
+            return BrokerEntry(resource.name, broker, scopes, loaded.metadata)
+        secret_store: SecretStore = loaded.instance  # type: ignore[assignment]
+        loaded.capabilities = sorted(str(f) for f in secret_store.features)
+        return secret_store
 
     def _encrypt_at_rest(self, loaded: LoadedComponent, store: StateStore) -> StateStore:
         """The store wrapped with state encryption when primaryEncryptionKey is set."""
@@ -199,7 +224,7 @@ class Sidecar:
         log.info("state store %s encrypts values at rest (key %s)", resource.name, primary.name)
         return EncryptedStateStore(store, primary, secondary)
 
-    async def _init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
+    async def init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
         cls = registry.component_class(resource.type)
         assert cls is not None, "validate_component checked the type"
         metadata = validate_component(resource)
@@ -222,8 +247,13 @@ class Sidecar:
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        if self._watcher is not None:
+            await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
         await self.pubsub.stop_subscriptions(self.options.drain_timeout)
+        if self.channel is not None:
+            await self.channel.aclose()
+            self.channel = None
         for loaded in reversed(self.components):
             try:
                 await loaded.instance.close()
@@ -250,20 +280,42 @@ class Sidecar:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             log.info("app is reachable on port %d", self.options.app_port)
-            await self._start_subscriptions()
+            health = self.channel.health if self.channel is not None else None
+            if health is not None:
+                # As daprd: nothing starts before the app has passed a health check once.
+                health.probe_now()
+                await health.wait_healthy()
+            await self.start_subscriptions()
             self.app_reachable = True
             return
 
-    async def _start_subscriptions(self) -> None:
+    def app_channel(self) -> AppChannel:
+        if self.channel is None:
+            from runtime.app_channel import AppChannel
+
+            assert self.options.app_port is not None
+            self.channel = AppChannel(
+                self.options.app_channel_address,
+                self.options.app_port,
+                self.options.app_id,
+                self.options.app_health,
+            )
+        return self.channel
+
+    def _start_app_health(self) -> None:
+        """Probe the app from now on; its state shows in metadata and as ``pillion_app_healthy``."""
+        health = self.app_channel().health
+        assert health is not None
+        self.metrics.registry.register(AppHealthCollector(self.options.app_id, health))
+        self.spawn(health.run())
+
+    async def start_subscriptions(self) -> None:
         """GET /dapr/subscribe, then deliver; daprd does this only when a pubsub is loaded."""
         assert self.options.app_port is not None
         if not self.pubsub.has_brokers:
             return
-        from runtime.app_channel import AppChannel
-
-        channel = AppChannel(self.options.app_channel_address, self.options.app_port, self.options.app_id)
         try:
-            await self.pubsub.start_subscriptions(channel)
+            await self.pubsub.start_subscriptions(self.app_channel())
         except SubscriptionError as exc:
             log.error("%s", exc)
             self._fatal = str(exc)
@@ -297,10 +349,16 @@ class Sidecar:
         app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
         if self.options.app_port is not None:
             app["port"] = self.options.app_port
+        extended = {**self.extended, "daprRuntimeVersion": version}
+        health = self.channel.health if self.channel is not None else None
+        if health is not None:
+            app["health"] = health.check.describe()
+            # Pillion's own key: the contract has no place for the state the probes found.
+            extended["appHealth"] = health.status
         body: dict[str, Any] = {
             "id": self.options.app_id,
             "runtimeVersion": version,
-            "extended": {**self.extended, "daprRuntimeVersion": version},
+            "extended": extended,
             "appConnectionProperties": app,
             "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False},
         }
@@ -346,6 +404,7 @@ class Sidecar:
         from runtime.http.app import create_app
 
         resources = self.load_resources()
+        self.tracer = create_tracer(self.options.app_id, __version__, self.configuration.tracing)
         sock = self.bind()
         server = _Server(
             uvicorn.Config(
@@ -363,6 +422,13 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            if self.options.resources_paths:
+                from runtime.hot_reload import ResourceWatcher
+
+                self._watcher = ResourceWatcher(self)
+                self._watcher.start()
+            if self.options.app_port is not None and self.options.app_health is not None:
+                self._start_app_health()
             if self.options.app_port is not None:
                 self.spawn(self._wait_for_app_port())
             elif self.pubsub.has_brokers:
@@ -426,6 +492,9 @@ class Sidecar:
             log.warning("pillion status will not list this sidecar: %s", exc)
 
     async def _stop_observability(self) -> None:
+        if self.tracer.exporting:
+            # Flushing the last spans is a blocking HTTP call in the SDK.
+            await asyncio.to_thread(self.tracer.close)
         if self._registration is not None:
             unregister(self._registration)
             self._registration = None

@@ -134,6 +134,13 @@ class StateBlock:
         if self.metrics is not None:
             self.metrics.component_error(store, operation)
 
+    def replace(self, entry: StoreEntry) -> None:
+        """Serve ``entry`` under its name from the next request on (hot reload)."""
+        self._stores[entry.name] = entry
+
+    def remove(self, name: str) -> None:
+        self._stores.pop(name, None)
+
     def entry(self, name: str) -> StoreEntry:
         entry = self._stores.get(name)
         if entry is not None:

@@ -81,8 +81,9 @@ def compile_match(expression: str) -> Any:
 class Rule:
     match: str
     path: str
-    # The compiled CEL program; None for an empty match, which is always true.
-    program: Any = None
+    # The compiled CEL program; None for an empty match, which is always true. Two rules with the
+    # same text are equal (a reload compares subscriptions), whatever their compiled objects.
+    program: Any = field(default=None, compare=False)
 
     def describe(self) -> dict[str, str]:
         shown: dict[str, str] = {}

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 import redis
 
+from tests import broker_support
 from tests.postgres_support import HOW_TO_GET_POSTGRES, private_database, server_url
 from tests.support import free_port
 
@@ -97,3 +98,43 @@ def postgres_url() -> Iterator[str]:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         where = urlsplit(server)
         pytest.fail(f"PostgreSQL at {where.hostname}:{where.port or 5432}: {exc}. {HOW_TO_GET_POSTGRES}")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """NATS with JetStream (PILLION_NATS_URL, else the local server); this run's streams are
+    deleted at the end."""
+    url = os.environ.get("PILLION_NATS_URL", broker_support.NATS_URL)
+    problem = broker_support.unreachable(url, 4222)
+    if problem:
+        pytest.fail(f"NATS at {problem}. {broker_support.HOW_TO_GET['NATS']}")
+    try:
+        yield url
+    finally:
+        broker_support.delete_streams(url)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """RabbitMQ (PILLION_RABBITMQ_URL, else the local broker), in a vhost of this run's own when
+    rabbitmqctl can make one."""
+    url = os.environ.get("PILLION_RABBITMQ_URL", broker_support.RABBITMQ_URL)
+    problem = broker_support.unreachable(url, 5672)
+    if problem:
+        pytest.fail(f"RabbitMQ at {problem}. {broker_support.HOW_TO_GET['RabbitMQ']}")
+    with broker_support.private_vhost(url) as private:
+        yield private
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An MQTT broker (PILLION_MQTT_URL, else the local Mosquitto); the persistent sessions this
+    run's sidecars created are ended at the end."""
+    url = os.environ.get("PILLION_MQTT_URL", broker_support.MQTT_URL)
+    problem = broker_support.unreachable(url, 1883)
+    if problem:
+        pytest.fail(f"MQTT broker at {problem}. {broker_support.HOW_TO_GET['MQTT']}")
+    try:
+        yield url
+    finally:
+        broker_support.end_mqtt_sessions(url, tmp_path_factory.getbasetemp())

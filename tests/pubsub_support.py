@@ -2,8 +2,9 @@
 
 ``BROKERS`` maps a broker name to a function that writes its Component YAML; the generic tests
 in tests/test_pubsub_*.py run once per entry, so a new broker joins them with one line here.
-Factories get the pubsub name, the test's work folder, the Redis URL (empty for brokers that do
-not need Redis) and extra metadata (fast retry settings and the like).
+Factories get the pubsub name, the test's work folder, the URL of the broker's server (from the
+fixture named in ``SERVICE_FIXTURES``; empty for brokers without one) and extra metadata (fast
+retry settings and the like).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.broker_support import topic_prefix
 from tests.state_support import component, redis_metadata
 from tests.support import SidecarProcess, free_port, start_sidecar
 
@@ -45,10 +49,50 @@ def redis(name: str, workdir: Path, redis_url: str, extra: dict[str, str]) -> st
     return component(name, "pubsub.redis", {**redis_metadata(redis_url), **extra})
 
 
-BROKERS: dict[str, BrokerFactory] = {"in-memory": in_memory, "sqlite": sqlite, "redis": redis}
-NEEDS_REDIS = frozenset({"redis"})
+def jetstream(name: str, workdir: Path, nats_url: str, extra: dict[str, str]) -> str:
+    metadata = {"natsURL": nats_url, "topicPrefix": topic_prefix("."), "ackWait": "5s", **extra}
+    return component(name, "pubsub.jetstream", metadata)
+
+
+def rabbitmq(name: str, workdir: Path, rabbitmq_url: str, extra: dict[str, str]) -> str:
+    metadata = {"connectionString": rabbitmq_url, "topicPrefix": topic_prefix("."), **extra}
+    return component(name, "pubsub.rabbitmq", metadata)
+
+
+def mqtt3(name: str, workdir: Path, mqtt_url: str, extra: dict[str, str]) -> str:
+    return component(name, "pubsub.mqtt3", {"url": mqtt_url, "topicPrefix": topic_prefix("/"), **extra})
+
+
+BROKERS: dict[str, BrokerFactory] = {
+    "in-memory": in_memory,
+    "sqlite": sqlite,
+    "redis": redis,
+    "jetstream": jetstream,
+    "rabbitmq": rabbitmq,
+    "mqtt3": mqtt3,
+}
+# The session fixture (tests/conftest.py) that gives each broker's server URL.
+SERVICE_FIXTURES = {
+    "redis": "redis_url",
+    "jetstream": "nats_url",
+    "rabbitmq": "rabbitmq_url",
+    "mqtt3": "mqtt_url",
+}
 # Brokers that several sidecar processes can share (fan-out and competing-consumer tests).
-SHARED_BROKERS = frozenset({"sqlite", "redis"})
+SHARED_BROKERS = frozenset({"sqlite", "redis", "jetstream", "rabbitmq", "mqtt3"})
+# Brokers that carry message metadata to the subscriber (MQTT 3.1.1 has no headers).
+CARRIES_METADATA = frozenset(BROKERS) - {"mqtt3"}
+# Brokers with MESSAGE_TTL: they expire messages themselves, so the envelope has no expiration.
+EXPIRES_MESSAGES = frozenset({"sqlite", "rabbitmq"})
+# Brokers whose SIGKILL test is the generic one in tests/test_pubsub_crash.py (redis and sqlite
+# have their own, with checks on their storage).
+CRASH_TESTED = frozenset({"jetstream", "rabbitmq", "mqtt3"})
+
+
+def service_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """The URL of ``kind``'s server, from its session fixture ("" for brokers without one)."""
+    fixture = SERVICE_FIXTURES.get(kind)
+    return str(request.getfixturevalue(fixture)) if fixture else ""
 
 
 # --- the subscriber app ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.rawhttp import RawConnection
-from tests.state_support import STORES, component, redis_metadata
+from tests.state_support import SERVICE_FIXTURES, STORES, component, redis_metadata
 from tests.support import SidecarProcess, start_sidecar
 
 CLIENTS = 16
@@ -56,7 +56,8 @@ def final_value(base: str, key: str) -> int:
 @pytest.fixture(params=sorted(STORES))
 def sidecar(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SidecarProcess]:
     kind: str = request.param
-    url = request.getfixturevalue(f"{kind}_url") if kind in ("redis", "postgresql") else ""
+    fixture = SERVICE_FIXTURES.get(kind)
+    url = request.getfixturevalue(fixture) if fixture else ""
     proc = start_sidecar(tmp_path, resources={"s.yaml": STORES[kind]("statestore", tmp_path, url)})
     yield proc
     proc.stop()

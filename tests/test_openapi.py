@@ -120,7 +120,9 @@ def test_every_error_status_documents_its_body() -> None:
                     problems.append(f"{where}: no body described")
                 if "application/json" in content and not _error_codes(document, content["application/json"]):
                     problems.append(f"{where}: no errorCode listed")
-                problems += [f"{where}: {kind}" for kind in content if kind not in ("application/json", "text/plain")]
+                problems += [
+                    f"{where}: {kind}" for kind in content if kind not in ("application/json", "text/plain")
+                ]
     assert problems == []
 
 

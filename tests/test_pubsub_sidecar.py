@@ -13,13 +13,13 @@ import pytest
 from tests.pubsub_support import (
     BROKERS,
     FAST_RETRIES,
-    NEEDS_REDIS,
     SHARED_BROKERS,
     Delivery,
     Reply,
     SubscriberApp,
     in_memory,
     running,
+    service_url,
     sqlite,
     subscription,
 )
@@ -98,8 +98,7 @@ SHARED = sorted(name for name in BROKERS if name in SHARED_BROKERS)
 
 
 def _shared_resources(request: pytest.FixtureRequest, kind: str, workdir: Path) -> dict[str, str]:
-    redis_url = request.getfixturevalue("redis_url") if kind in NEEDS_REDIS else ""
-    return {"pubsub.yaml": BROKERS[kind]("pubsub", workdir, redis_url, {})}
+    return {"pubsub.yaml": BROKERS[kind]("pubsub", workdir, service_url(request, kind), {})}
 
 
 @pytest.mark.parametrize("kind", SHARED)

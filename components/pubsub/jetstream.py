@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +46,8 @@ log = logging.getLogger("pillion.pubsub.jetstream")
 _PULL_WAIT = 5.0
 # Headers JetStream and the NATS client use themselves; they are not message metadata.
 _NATS_HEADER_PREFIX = "nats-"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_LINE_BREAK = re.compile(r"[\r\n]")
 _DELIVER_POLICIES = ("all", "last", "new", "sequence", "time", "lastpersubject")
 
 _SCHEMA = MetadataSchema(
@@ -315,12 +319,21 @@ class JetStreamPubSub:
             js_options["domain"] = self._settings["domain"]
         if self._settings["apiPrefix"]:
             js_options["prefix"] = self._settings["apiPrefix"]
+        problems: list[str] = []
+
+        async def note(exc: Exception) -> None:
+            problems.append(str(exc) or type(exc).__name__)
+
         try:
             # A probe that gives up at once, so that a wrong natsURL stops the sidecar with one line;
             # the client proper then reconnects for as long as the sidecar runs.
-            probe = await nats.connect(self.url, **{**options, "allow_reconnect": False})
+            probe = await nats.connect(
+                self.url,
+                **{**options, "allow_reconnect": False, "max_reconnect_attempts": 1, "error_cb": note},
+            )
         except (NatsError, OSError, TimeoutError) as exc:
-            raise RuntimeError(f"cannot reach NATS at {self.url}: {exc or type(exc).__name__}") from None
+            reason = problems[-1] if problems else str(exc) or type(exc).__name__
+            raise RuntimeError(f"cannot reach NATS at {self.url}: {reason}") from None
         await probe.close()
         self._nc = await nats.connect(self.url, **options)
         self._js = self._nc.jetstream(**js_options)
@@ -414,7 +427,9 @@ class JetStreamPubSub:
         from nats.js.errors import NoStreamResponseError
 
         subject = self.subject(topic)
-        headers = dict(metadata)
+        # NATS headers are MIME-style lines: a name with a colon or a value with a line break
+        # would corrupt the block, so such entries stay behind.
+        headers = {k: v for k, v in metadata.items() if _HEADER_NAME.match(k) and not _LINE_BREAK.search(v)}
         message_id = metadata.get("cloudevent.id")
         if message_id:
             # JetStream drops a second message with the same id within its duplicate window.
@@ -433,8 +448,6 @@ class JetStreamPubSub:
             await js.publish(subject, data, headers=headers or None)
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> PullSubscription:
-        from dataclasses import replace
-
         from nats.js.errors import BadRequestError
 
         js = self._jetstream()

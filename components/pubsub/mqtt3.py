@@ -245,8 +245,13 @@ class MQTTPubSub:
             self._lease = None
 
     async def ping(self) -> None:
-        if self._publisher is None:
-            raise RuntimeError(f"pubsub {self.name} is not connected to the MQTT broker")
+        """Raise unless the publishing connection is up (reconnecting it when it dropped)."""
+        client = self._publisher
+        if client is None or not client._client.is_connected():
+            try:
+                await self._reconnect_publisher(client)
+            except Exception as exc:
+                raise RuntimeError(f"cannot reach the MQTT broker at {self.where()}: {exc}") from None
 
     # --- publish and subscribe --------------------------------------------------------------
 
@@ -315,7 +320,8 @@ class SharedSubscription:
         try:
             await client.subscribe(self.filter, qos=1)
         except BaseException:
-            await _disconnect(client)
+            # Also when cancelled by close(): a connection nobody tracks would never be closed.
+            await asyncio.shield(_disconnect(client))
             raise
         self._client = client
         return client

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import re
 import sqlite3
 import uuid
@@ -151,9 +152,20 @@ class SQLiteStateStore:
         elif target != ":memory:":
             Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
             target = str(Path(target).expanduser())
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+        conn = None
+        try:
+            conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+            self._prepare(conn, in_memory=target == ":memory:" or "mode=memory" in target)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            # SQLite's own words ("unable to open database file") name neither the file nor why.
+            why = "" if uri or os.access(Path(target).parent, os.W_OK) else " (its directory is not writable)"
+            raise sqlite3.OperationalError(f"cannot use the database {target}: {exc}{why}") from None
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection, in_memory: bool) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-        in_memory = target == ":memory:" or "mode=memory" in target
         if self._wal and not in_memory:
             conn.execute("PRAGMA journal_mode = WAL")
             # With WAL, NORMAL loses nothing when the process dies; only a power cut can cost
@@ -169,7 +181,6 @@ class SQLiteStateStore:
             "(key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)"
         )
         conn.execute(f"INSERT OR IGNORE INTO {self._meta_table} (key, value) VALUES ('migrations', '1')")
-        self._conn = conn
 
     def _shutdown(self) -> None:
         if self._conn is None:

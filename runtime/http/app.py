@@ -16,6 +16,7 @@ from runtime.errors import APIError, direct_invoke_missing_app_id
 from runtime.http import pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
+from runtime.http.trace_context import TraceContextMiddleware
 from runtime.http.wire import PathUnescapeError, error_response
 
 if TYPE_CHECKING:
@@ -189,4 +190,5 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         # Inside the path cleaning, so the block is read from the clean path; outside the token
         # check, so rejected calls are counted too.
         guarded = RequestMetricsMiddleware(guarded, sidecar.metrics)
-    return DaprPathMiddleware(guarded)
+    # Every response but the health probes' carries the request's traceparent.
+    return DaprPathMiddleware(TraceContextMiddleware(guarded, sidecar.tracer))

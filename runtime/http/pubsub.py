@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from runtime import cloudevents
 from runtime.errors import APIError, error_info
+from runtime.http.trace_context import request_span
 from runtime.http.wire import JSON, field, no_content, path_param, query_metadata, read_body
 from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock, publish_failed
 
@@ -33,11 +34,19 @@ async def publish(request: Request) -> Response:
     metadata = query_metadata(request)
     block, entry, topic = _target(request, metadata)
     body = await read_body(request)
-    publication = Publication(body, request.headers.get("content-type", ""), metadata)
-    await block.publish(
-        entry, topic, publication, request.headers.get("traceparent"), request.headers.get("tracestate", "")
-    )
+    publication = Publication(body, request.headers.get("content-type", ""), _with_baggage(request, metadata))
+    span = request_span(request)
+    await block.publish(entry, topic, publication, span.traceparent, span.tracestate)
     return no_content()
+
+
+def _with_baggage(request: Request, metadata: dict[str, str]) -> dict[str, str]:
+    """The caller's W3C ``baggage`` travels with the message and reaches the subscriber as a
+    header (daprd drops it, dapr/dapr#10302); ``metadata.baggage`` given explicitly wins."""
+    baggage = request.headers.get("baggage")
+    if baggage is None or "baggage" in metadata:
+        return metadata
+    return {**metadata, "baggage": baggage}
 
 
 def _events_error(reason: str, message: str, pubsub: str, metadata: dict[str, str]) -> APIError:
@@ -140,9 +149,11 @@ async def bulk_publish(request: Request) -> Response:
     raw = block.raw_payload(entry, metadata)
     body = await read_body(request)
     entries = _entries(body, entry.name, topic, block.app_id, metadata)
-    failed = await block.bulk_publish(
-        entry, topic, entries, raw, request.headers.get("traceparent"), request.headers.get("tracestate", "")
-    )
+    if "baggage" in request.headers:
+        for item in entries:
+            item.publication.metadata = _with_baggage(request, item.publication.metadata)
+    span = request_span(request)
+    failed = await block.bulk_publish(entry, topic, entries, raw, span.traceparent, span.tracestate)
     if not failed:
         return no_content()
     answer = {
