@@ -249,6 +249,9 @@ class Helper:
             wait_http(self.url + ready_path, self.proc)
         except BenchError as exc:
             raise BenchError(f"{exc}: {self.stop()}") from None
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> str:
         """Stop the helper; return what it wrote."""

@@ -88,6 +88,12 @@ def start_and_idle(args: list[str], workdir: Path, port: int, path: str, status:
         return seconds, rss_mb(pid)
 
 
+def noop_server(workdir: Path) -> tuple[list[str], Path, int, str, int]:
+    """``spawned``'s arguments for the no-op server of the same stack."""
+    port = free_port()
+    return [sys.executable, "-m", "bench.noop_server", str(port)], workdir, port, "/v1.0/state/s/k", 200
+
+
 def serve(settings: Settings, services: Services) -> SectionResult:
     ours: list[tuple[float, float]] = []
     noop: list[tuple[float, float]] = []
@@ -110,9 +116,7 @@ def serve(settings: Settings, services: Services) -> SectionResult:
             str(free_port()),
         ]
         ours.append(start_and_idle(args, settings.workdir / f"serve-{i}", port, "/v1.0/healthz", 204))
-        port = free_port()
-        noop_args = [sys.executable, "-m", "bench.noop_server", str(port)]
-        noop.append(start_and_idle(noop_args, settings.workdir / f"noop-{i}", port, "/v1.0/state/s/k", 200))
+        noop.append(start_and_idle(*noop_server(settings.workdir / f"noop-{i}")))
     start, rss = statistics.median(s for s, _ in ours), statistics.median(r for _, r in ours)
     noop_start, noop_rss = statistics.median(s for s, _ in noop), statistics.median(r for _, r in noop)
     return SectionResult(
@@ -229,6 +233,7 @@ def run(settings: Settings, services: Services) -> SectionResult:
         monitor = scrape_cost(
             proc.pid, metrics_port, settings.scrapes, idle_s=max(1.0, settings.load_seconds / 2)
         )
+    _, noop_rss = start_and_idle(*noop_server(settings.workdir / "run-noop"))
     first_call = statistics.median(ok for _, ok in cold)
     app_alone = statistics.median(alone)
     share = monitor["core_pct_at_15s"]
@@ -245,9 +250,9 @@ def run(settings: Settings, services: Services) -> SectionResult:
             ),
             Row(
                 "pillion run: sidecar idle RSS, metrics on",
-                "",
+                f"{noop_rss:.1f} MB (no-op server)",
                 f"{rss:.1f} MB",
-                "",
+                f"{rss - noop_rss:+.1f} MB",
                 f"<= {GOAL_RSS_MB:g} MB",
                 rss <= GOAL_RSS_MB,
             ),
@@ -265,6 +270,7 @@ def run(settings: Settings, services: Services) -> SectionResult:
             "cold_start": [{"app_started_s": s, "first_state_call_s": ok} for s, ok in cold],
             "app_alone_s": alone,
             "idle_rss_mb": rss,
+            "noop_idle_rss_mb": noop_rss,
             "monitor": monitor,
         },
     )

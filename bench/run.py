@@ -1,6 +1,6 @@
 """Every benchmark of the issues in one run, each beside a baseline measured in the same run.
 
-    python -m bench.run                      # everything, about 6 minutes
+    python -m bench.run                      # everything, about 7-8 minutes
     python -m bench.run --quick              # a smoke run: a few seconds per load
     python -m bench.run --only state,lifecycle.run
     python -m bench.run --update-readme      # also put the table into README.md
@@ -123,7 +123,7 @@ def update_readme(table: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=20, help="the issue-2 latency pair, per side (20)")
     parser.add_argument("--load-seconds", type=float, default=10, help="every other timed load (10)")
@@ -131,7 +131,9 @@ def main() -> None:
         "--messages", type=int, default=5000, help="messages per delivery-throughput run (5000)"
     )
     parser.add_argument("--starts", type=int, default=5, help="start-ups per start-up measure (5)")
-    parser.add_argument("--scrapes", type=int, default=200, help="/metrics scrapes for the monitor's cost")
+    parser.add_argument(
+        "--scrapes", type=int, default=200, help="/metrics scrapes for the monitor's cost (200)"
+    )
     parser.add_argument(
         "--latency-tool",
         choices=["loadgen", "hey"],
@@ -190,8 +192,11 @@ def main() -> None:
     print(table)
     print(f"\nwritten: bench/results/{stamp}.json, .md and {len(drawn)} charts", file=sys.stderr)
     failed = [name for name, found in sections.items() if "error" in found]
-    if args.update_readme and not failed:
-        update_readme(report.markdown(results, {k: f"bench/results/{v}" for k, v in drawn.items()}))
+    if args.update_readme:
+        if failed:
+            print("README.md left as it was: sections failed", file=sys.stderr)
+        else:
+            update_readme(report.markdown(results, {k: f"bench/results/{v}" for k, v in drawn.items()}))
     if failed:
         sys.exit(f"failed sections: {', '.join(failed)} (see above for what they need)")
 

@@ -1,6 +1,7 @@
 """The HTTP channel from the sidecar to the app: subscription discovery and event delivery.
 
-One pooled httpx client per sidecar. Every request but the health probe carries
+One pooled aiohttp session per sidecar (httpx cost about 1 ms of CPU per delivery here, three
+times aiohttp's; delivery throughput is bound by it). Every request but the health probe carries
 ``dapr-api-token`` when ``APP_API_TOKEN`` is set (reference section 6.2).
 """
 
@@ -12,13 +13,12 @@ import logging
 import os
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from runtime.app_health import AppHealth, HealthCheck
 
 log = logging.getLogger("pillion.app")
-# httpx logs every request at INFO: one line per delivered message is noise, not news.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 _DISCOVERY_TRIES = 3
 _PROBE_INTERVAL = 0.1
 
@@ -42,28 +42,52 @@ class AppChannel:
         host = f"[{address}]" if ":" in address else address
         self.address, self.port, self.app_id = address, port, app_id
         self._token = os.environ.get("APP_API_TOKEN", "")
-        self._client = httpx.AsyncClient(
-            base_url=f"http://{host}:{port}",
-            timeout=None,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._base = f"http://{host}:{port}"
+        self._session: aiohttp.ClientSession | None = None
         self._probe: asyncio.Task[None] | None = None
         # With --enable-app-health-check: deliveries go only while the probes say healthy.
         self.health = AppHealth(health_check, self.check_health) if health_check is not None else None
 
-    def _headers(self, headers: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
+    def _headers(self, headers: dict[str, bytes]) -> dict[str, str]:
         if self._token:
             headers["dapr-api-token"] = self._token.encode()
-        return [(name.encode("latin-1"), value) for name, value in headers.items()]
+        return {name: value.decode("latin-1") for name, value in headers.items()}
+
+    def _url(self, path: str) -> URL:
+        # The route is sent as the app declared it: no re-quoting of what is already escaped.
+        return URL(self._base + path, encoded=True)
+
+    @property
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: a session must be made inside the event loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None,
+        body: bytes | None,
+        time_limit: float | None,
+    ) -> AppReply:
+        timeout = aiohttp.ClientTimeout(total=time_limit)
+        async with self._client.request(
+            method, self._url(path), data=body, headers=headers, timeout=timeout
+        ) as response:
+            return AppReply(response.status, await response.read())
 
     async def subscriptions(self) -> AppReply:
         """``GET /dapr/subscribe``, tried 3 times with backoff from 500 ms as daprd does."""
         headers = self._headers({"content-type": b"application/json", "dapr-app-id": self.app_id.encode()})
         for attempt in range(_DISCOVERY_TRIES):
             try:
-                response = await self._client.get("/dapr/subscribe", headers=headers, timeout=10)
-                return AppReply(response.status_code, response.content)
-            except httpx.TransportError as exc:
+                return await self._call("GET", "/dapr/subscribe", headers, None, 10)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == _DISCOVERY_TRIES - 1:
                     raise AppCallFailed(f"GET /dapr/subscribe failed: {exc!r}") from None
                 await asyncio.sleep(0.5 * 2**attempt)
@@ -80,14 +104,11 @@ class AppChannel:
         if self.health is not None and not self.health.healthy:
             raise AppUnreachable("the app is unhealthy")
         try:
-            response = await self._client.post(
-                path, content=body, headers=self._headers(headers), timeout=time_limit
-            )
-        except httpx.ConnectError as exc:
+            return await self._call("POST", path, self._headers(headers), body, time_limit)
+        except aiohttp.ClientConnectorError as exc:
             raise AppUnreachable(str(exc)) from None
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AppCallFailed(repr(exc)) from None
-        return AppReply(response.status_code, response.content)
 
     async def wait_reachable(self) -> None:
         """Return once the app's port accepts connections (one probe shared by every waiter) and,
@@ -104,15 +125,14 @@ class AppChannel:
         """One health probe: None when ``GET path`` answers 2xx within ``time_limit`` seconds, else
         the problem. Sent without the app token (reference section 6.2)."""
         try:
-            async with asyncio.timeout(time_limit):
-                response = await self._client.get(path)
+            reply = await self._call("GET", path, None, None, time_limit)
         except TimeoutError:
             return f"GET {path} did not answer within {time_limit:g}s"
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             return f"GET {path} failed: {exc!r}"
-        if 200 <= response.status_code <= 299:
+        if 200 <= reply.status <= 299:
             return None
-        return f"GET {path} answered {response.status_code}"
+        return f"GET {path} answered {reply.status}"
 
     async def _probe_port(self) -> None:
         log.warning("app is not reachable on %s:%d; deliveries wait for it", self.address, self.port)
@@ -132,4 +152,5 @@ class AppChannel:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()

@@ -60,6 +60,15 @@ def test_the_spec_is_valid_openapi() -> None:
     schemathesis.openapi.from_dict(spec()).validate()
 
 
+def test_the_cli_fuzzing_config_loads_and_names_real_operations() -> None:
+    """tests/schemathesis.toml, for the longer `schemathesis run` in docs/reliability.md."""
+    schemathesis.Config.from_path(ROOT / "tests" / "schemathesis.toml")
+    ids = {
+        op["operationId"] for item in spec()["paths"].values() for op in item.values() if "operationId" in op
+    }
+    assert {"shutdown", "metrics"} <= ids
+
+
 def test_every_route_is_documented_and_every_documented_route_is_served() -> None:
     served = served_routes(SidecarOptions(app_id="openapi"))
     documented = documented_routes(spec())

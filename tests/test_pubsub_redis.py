@@ -7,14 +7,13 @@ end-to-end tests through sidecar processes are at the bottom of this file.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from components.base import ComponentContext
 from components.metadata import MetadataError
 from components.pubsub.base import Message, SubscribeOptions
 from components.pubsub.redis import RedisPubSub
+from tests.broker_support import Inbox, wait_until
 from tests.pubsub_support import Delivery, Reply, SubscriberApp, running, subscription
 from tests.pubsub_support import redis as redis_broker
 from tests.state_support import component, redis_metadata
@@ -80,56 +80,6 @@ async def broker(redis_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
     b = Broker(redis_url, tmp_path)
     yield b
     await b.close_all()
-
-
-class Inbox:
-    """Records handled messages; ``behaviour`` may sleep or raise to play a slow or failing app."""
-
-    def __init__(self, behaviour: Callable[[Message], Awaitable[None]] | None = None) -> None:
-        self.messages: list[Message] = []
-        self.behaviour = behaviour
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self._changed = asyncio.Event()
-
-    async def __call__(self, message: Message) -> None:
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            if self.behaviour is not None:
-                await self.behaviour(message)
-            self.messages.append(message)
-        finally:
-            self.in_flight -= 1
-            self._changed.set()
-
-    @property
-    def payloads(self) -> list[bytes]:
-        return [m.data for m in self.messages]
-
-    async def wait_for(self, count: int, within: float = 10) -> None:
-        async def enough() -> None:
-            while len(self.messages) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            await asyncio.wait_for(enough(), within)
-        except TimeoutError:
-            pytest.fail(f"got {len(self.messages)} of {count} messages within {within}s")
-
-
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def pending_count(redis: Redis, topic: str, group: str) -> int:

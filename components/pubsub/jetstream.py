@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.handlers import wait_for_handlers
 from components.pubsub.naming import expand_consumer_id, safe_name
 
 if TYPE_CHECKING:
@@ -513,13 +514,7 @@ class PullSubscription:
             # A pull cut short leaves nothing behind: messages it had asked for come back after ackWait.
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        try:
-            if self._handlers:
-                await asyncio.wait(self._handlers)
-        except asyncio.CancelledError:
-            for task in self._handlers:
-                task.cancel()
-            raise
+        await wait_for_handlers(self._handlers)
         with contextlib.suppress(Exception):
             await self._pull.unsubscribe()
 

@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.handlers import CONCURRENCY_FIELD, wait_for_handlers
 from components.pubsub.naming import expand_consumer_id, short_hash
 
 if TYPE_CHECKING:
@@ -91,13 +92,7 @@ _SCHEMA = MetadataSchema(
             description="Pillion: put in front of every topic (e.g. `staging/`), so several "
             "environments can share one broker. Apps never see it.",
         ),
-        MetadataField(
-            "concurrency",
-            FieldType.INTEGER,
-            default=10,
-            description="Messages handed to the app at once per subscription (a subscription's own "
-            "`concurrency` metadata overrides it); 1 keeps order.",
-        ),
+        CONCURRENCY_FIELD,
         MetadataField("keepAlive", FieldType.DURATION, default=30.0, description="MQTT keep-alive interval."),
         MetadataField(
             "caCert", default="", description="PEM CA certificate(s) that sign the broker's certificate."
@@ -338,12 +333,7 @@ class SharedSubscription:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         try:
-            if self._handlers:
-                await asyncio.wait(self._handlers)
-        except asyncio.CancelledError:
-            for task in self._handlers:
-                task.cancel()
-            raise
+            await wait_for_handlers(self._handlers)
         finally:
             if self._client is not None:
                 await _disconnect(self._client)

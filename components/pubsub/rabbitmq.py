@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions, message_ttl
+from components.pubsub.handlers import CONCURRENCY_FIELD, wait_for_handlers
 from components.pubsub.naming import expand_consumer_id
 
 if TYPE_CHECKING:
@@ -121,13 +122,7 @@ _SCHEMA = MetadataSchema(
             description="`single` handles one message at a time (in order) unless a subscription "
             "sets its own `concurrency`.",
         ),
-        MetadataField(
-            "concurrency",
-            FieldType.INTEGER,
-            default=10,
-            description="Messages handed to the app at once per subscription (a subscription's own "
-            "`concurrency` metadata overrides it); 1 keeps order.",
-        ),
+        CONCURRENCY_FIELD,
         MetadataField(
             "enableDeadLetter",
             FieldType.BOOLEAN,
@@ -430,12 +425,7 @@ class QueueSubscription:
         with contextlib.suppress(Exception):
             await self._queue.cancel(self._tag)
         try:
-            if self._handlers:
-                await asyncio.wait(self._handlers)
-        except asyncio.CancelledError:
-            for task in self._handlers:
-                task.cancel()
-            raise
+            await wait_for_handlers(self._handlers)
         finally:
             # Closing the channel gives back whatever it still held unacknowledged.
             with contextlib.suppress(Exception):

@@ -32,7 +32,6 @@ import re
 import secrets
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -45,6 +44,8 @@ from redis.typing import EncodableT, FieldT, StreamEntry, StreamIdT
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.handlers import CONCURRENCY_FIELD
+from components.pubsub.naming import expand_consumer_id
 from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
 
 log = logging.getLogger("pillion.pubsub.redis")
@@ -89,13 +90,7 @@ _STREAM_FIELDS = MetadataSchema(
             default=100,
             description="Most messages fetched by one read (never more than the free handler slots).",
         ),
-        MetadataField(
-            "concurrency",
-            FieldType.INTEGER,
-            default=10,
-            description="Messages handed to the app at once per subscription (a subscription's own "
-            "`concurrency` metadata overrides it); 1 keeps order.",
-        ),
+        CONCURRENCY_FIELD,
         MetadataField(
             "maxLenApprox",
             FieldType.INTEGER,
@@ -111,20 +106,6 @@ _STREAM_FIELDS = MetadataSchema(
 )
 
 
-def _consumer_group(template: str, app_id: str) -> str:
-    if not template:
-        return app_id
-    values = {
-        "{appID}": app_id,
-        "{uuid}": str(uuid.uuid4()),
-        "{podName}": os.environ.get("POD_NAME") or socket.gethostname(),
-        "{namespace}": os.environ.get("NAMESPACE", ""),
-    }
-    for placeholder, value in values.items():
-        template = template.replace(placeholder, value)
-    return template
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -136,7 +117,7 @@ class RedisPubSub:
     def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
         self.settings = RedisSettings.from_metadata(metadata)
         self.name = context.name
-        self.group = _consumer_group(str(metadata["consumerID"]), context.app_id)
+        self.group = expand_consumer_id(str(metadata["consumerID"]), context.app_id)
         # Unique per process, so that sidecars sharing an app id are distinct consumers of the
         # group: a message read by one is never mistaken for another's.
         self.consumer_prefix = f"{self.group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -28,15 +28,13 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qsl, urlencode
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions, message_ttl
+from components.sqlite_common import SQLiteDatabase, database_fields
 
 log = logging.getLogger("pillion.pubsub.sqlite")
 T = TypeVar("T")
@@ -105,21 +103,7 @@ class SQLitePubSub:
                 description="Delete messages older than this even if not every consumer group has "
                 "them yet; 0 keeps them until they are consumed.",
             ),
-            MetadataField(
-                "timeout", FieldType.DURATION, default=20.0, description="Timeout for one database call."
-            ),
-            MetadataField(
-                "busyTimeout",
-                FieldType.DURATION,
-                default=5.0,
-                description="How long to wait for a lock held by another process.",
-            ),
-            MetadataField(
-                "disableWAL",
-                FieldType.BOOLEAN,
-                default=False,
-                description="Use a rollback journal instead of write-ahead logging.",
-            ),
+            *database_fields(busy_timeout=5.0),
         )
     )
     features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.MESSAGE_TTL})
@@ -131,19 +115,22 @@ class SQLitePubSub:
         for name in ("leaseDuration", "pollInterval"):
             if metadata[name] <= 0:
                 raise MetadataError(name, "must be above zero")
-        self._target: str = metadata["connectionString"]
         self._group: str = metadata["consumerID"] or context.app_id
         self._lease: float = metadata["leaseDuration"]
         self._poll_every: float = metadata["pollInterval"]
         self._cleanup_every: float = metadata["cleanupInterval"]
         self._retention: float = metadata["retentionPeriod"]
-        self._timeout: float = metadata["timeout"]
-        self._busy_timeout: float = metadata["busyTimeout"]
-        self._wal: bool = not metadata["disableWAL"]
         # Identifies this process's leases; a restarted sidecar is a new owner.
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{context.name}")
-        self._conn: sqlite3.Connection | None = None
+        self._database = SQLiteDatabase(
+            metadata["connectionString"],
+            thread_name=f"sqlite-{context.name}",
+            timeout=metadata["timeout"],
+            busy_timeout=metadata["busyTimeout"],
+            wal=not metadata["disableWAL"],
+            setup=self._create_tables,
+            closed_message="the SQLite pubsub is closed",
+        )
         self._subscriptions: list[_Subscription] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._data_version = 0
@@ -208,49 +195,20 @@ class SQLitePubSub:
         )
         self._sql_orphans = f"DELETE FROM {q} WHERE message_id NOT IN (SELECT id FROM {m})"
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn, *args), self._timeout)
-
     # --- life cycle -------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        target, uri = self._target, self._target.startswith("file:")
-        if uri:
-            base, _, query = target.partition("?")
-            kept = [(k, v) for k, v in parse_qsl(query) if not k.startswith("_")]
-            target = base + ("?" + urlencode(kept) if kept else "")
-        elif target != ":memory:":
-            Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            target = str(Path(target).expanduser())
-        conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-        if self._wal and target != ":memory:" and "mode=memory" not in target:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # With WAL, NORMAL loses nothing when the process dies; only a power cut can cost
-            # the last commits.
-            conn.execute("PRAGMA synchronous = NORMAL")
+    def _create_tables(self, conn: sqlite3.Connection) -> None:
         for statement in self._ddl:
             conn.execute(statement)
-        self._conn = conn
-
-    def _shutdown(self) -> None:
-        if self._conn is None:
-            return
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._conn.close()
-        self._conn = None
 
     async def init(self) -> None:
-        await self._run(self._open)
+        await self._database.open()
 
     async def close(self) -> None:
         for subscription in list(self._subscriptions):
             await subscription.close()
         await self._stop_tasks()
-        await self._run(self._shutdown)
-        self._executor.shutdown(wait=True)
+        await self._database.close()
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
@@ -259,15 +217,10 @@ class SQLitePubSub:
         self._tasks.clear()
 
     async def ping(self) -> None:
-        await self._run(self._db().execute, "SELECT 1")
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the SQLite pubsub is closed")
-        return self._conn
+        await self._database.run(self._database.connection().execute, "SELECT 1")
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db()
+        db = self._database.connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             result = work(db)
@@ -280,13 +233,13 @@ class SQLitePubSub:
     # --- publish ------------------------------------------------------------------------------
 
     def _insert(self, topic: str, data: bytes, metadata: str, now: float, expires: float | None) -> None:
-        self._db().execute(self._sql_insert, (topic, data, metadata, now, expires))
+        self._database.connection().execute(self._sql_insert, (topic, data, metadata, now, expires))
 
     async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
         now = time.time()
         ttl = message_ttl(metadata)
         expires = now + ttl if ttl is not None else None
-        await self._run(self._insert, topic, data, json.dumps(metadata), now, expires)
+        await self._database.run(self._insert, topic, data, json.dumps(metadata), now, expires)
         for subscription in self._subscriptions:
             if subscription.topic == topic:
                 subscription.wake()
@@ -294,7 +247,7 @@ class SQLitePubSub:
     # --- subscribe ----------------------------------------------------------------------------
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> _Subscription:
-        await self._run(self._db().execute, self._sql_join, (topic, self._group))
+        await self._database.run(self._database.connection().execute, self._sql_join, (topic, self._group))
         subscription = _Subscription(self, topic, handler, max(1, options.concurrency))
         self._subscriptions.append(subscription)
         if not self._tasks:
@@ -314,7 +267,7 @@ class SQLitePubSub:
             await self._stop_tasks()
 
     def _claim_sync(self, topic: str, limit: int) -> _Claim:
-        db = self._db()
+        db = self._database.connection()
         now = time.time()
         group, owner, lease_until = self._group, self._owner, now + self._lease
         has_work = db.execute(self._sql_has_work, (group, topic, now, topic, topic, group)).fetchone()[0]
@@ -341,7 +294,7 @@ class SQLitePubSub:
         return _Claim(messages, len(ids) == limit, next_expiry)
 
     def _load(self, ids: list[int], now: float) -> list[Message]:
-        db = self._db()
+        db = self._database.connection()
         marks = ",".join("?" * len(ids))
         rows = db.execute(
             f"SELECT id, topic, data, metadata, expires_at FROM {self._messages} WHERE id IN ({marks})", ids
@@ -365,22 +318,24 @@ class SQLitePubSub:
         self._transaction(settle)
 
     def _release_sync(self, message_id: int, available_at: float) -> None:
-        self._db().execute(self._sql_release, (available_at, self._group, message_id, self._owner))
+        self._database.connection().execute(
+            self._sql_release, (available_at, self._group, message_id, self._owner)
+        )
 
     async def _claim(self, topic: str, limit: int) -> _Claim:
-        return await self._run(self._claim_sync, topic, limit)
+        return await self._database.run(self._claim_sync, topic, limit)
 
     async def _ack(self, message: Message) -> None:
-        await self._run(self._ack_sync, int(message.id), message.topic)
+        await self._database.run(self._ack_sync, int(message.id), message.topic)
 
     async def _release(self, message: Message, delay: float) -> None:
-        await self._run(self._release_sync, int(message.id), time.time() + delay)
+        await self._database.run(self._release_sync, int(message.id), time.time() + delay)
 
     # --- background work ----------------------------------------------------------------------
 
     def _data_changed(self) -> bool:
         # data_version changes when another connection (another process) commits.
-        (version,) = self._db().execute("PRAGMA data_version").fetchone()
+        (version,) = self._database.connection().execute("PRAGMA data_version").fetchone()
         changed: bool = version != self._data_version
         self._data_version = version
         return changed
@@ -389,7 +344,7 @@ class SQLitePubSub:
         while True:
             await asyncio.sleep(self._poll_every)
             try:
-                changed = await self._run(self._data_changed)
+                changed = await self._database.run(self._data_changed)
             except Exception as exc:  # a failed check must not end the watch
                 log.warning("checking for new messages failed: %s", exc)
                 continue
@@ -401,7 +356,11 @@ class SQLitePubSub:
         while True:
             await asyncio.sleep(self._lease / 3)
             try:
-                await self._run(self._db().execute, self._sql_renew, (time.time() + self._lease, self._owner))
+                await self._database.run(
+                    self._database.connection().execute,
+                    self._sql_renew,
+                    (time.time() + self._lease, self._owner),
+                )
             except Exception as exc:
                 log.warning("renewing message leases failed: %s", exc)
 
@@ -420,7 +379,7 @@ class SQLitePubSub:
     async def _clean_forever(self) -> None:
         while True:
             try:
-                deleted = await self._run(self._sweep_sync)
+                deleted = await self._database.run(self._sweep_sync)
                 if deleted:
                     log.debug("deleted %d expired messages", deleted)
             except Exception as exc:  # a failed sweep must not end the task

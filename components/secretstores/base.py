@@ -41,6 +41,28 @@ class SecretStore(Component, Protocol):
         """Every secret the store holds, by name."""
 
 
+class PreloadedSecretStore:
+    """``get``, ``bulk_get``, ``close`` and ``ping`` of a store whose ``init`` reads every secret
+    into ``_secrets`` once."""
+
+    _secrets: dict[str, dict[str, str]]
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def get(self, name: str, metadata: Mapping[str, str]) -> dict[str, str]:
+        secret = self._secrets.get(name)
+        if secret is None:
+            raise SecretNotFound(name)
+        return dict(secret)
+
+    async def bulk_get(self, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        return {name: dict(secret) for name, secret in self._secrets.items()}
+
+
 def local_path(text: str, resource_dir: Path) -> Path:
     """A file named in metadata: relative paths are looked up next to the component file first,
     then in the working directory (where Dapr looks), so Dapr's samples keep working."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from components.base import ComponentContext
 from components.metadata import MetadataError, MetadataField, MetadataSchema
-from components.secretstores.base import SecretNotFound, SecretStoreFeature, local_path
+from components.secretstores.base import PreloadedSecretStore, SecretStoreFeature, local_path
 
 log = logging.getLogger("pillion.secretstores.encrypted")
 
@@ -196,7 +196,7 @@ def write_store(path: Path, secrets: Secrets, key: bytes) -> None:
     write_atomically(path, seal(secrets, key))
 
 
-class LocalEncryptedSecretStore:
+class LocalEncryptedSecretStore(PreloadedSecretStore):
     schema: ClassVar[MetadataSchema] = MetadataSchema(
         (
             MetadataField(
@@ -238,18 +238,3 @@ class LocalEncryptedSecretStore:
 
     async def init(self) -> None:
         self._secrets = await asyncio.to_thread(self._load)
-
-    async def close(self) -> None:
-        return None
-
-    async def ping(self) -> None:
-        return None
-
-    async def get(self, name: str, metadata: Mapping[str, str]) -> dict[str, str]:
-        secret = self._secrets.get(name)
-        if secret is None:
-            raise SecretNotFound(name)
-        return dict(secret)
-
-    async def bulk_get(self, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]:
-        return {name: dict(secret) for name, secret in self._secrets.items()}

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataField, MetadataSchema
-from components.secretstores.base import SecretNotFound, SecretStoreFeature, local_path
+from components.secretstores.base import PreloadedSecretStore, SecretStoreFeature, local_path
 
 
 class SecretsFileError(ValueError):
@@ -48,7 +47,7 @@ def flatten(tree: Any, separator: str, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-class LocalFileSecretStore:
+class LocalFileSecretStore(PreloadedSecretStore):
     schema: ClassVar[MetadataSchema] = MetadataSchema(
         (
             MetadataField(
@@ -110,18 +109,3 @@ class LocalFileSecretStore:
             self._secrets = self._secrets_of(tree)
         except SecretsFileError as exc:
             raise SecretsFileError(f"secrets file {self._path}: {exc}") from None
-
-    async def close(self) -> None:
-        return None
-
-    async def ping(self) -> None:
-        return None
-
-    async def get(self, name: str, metadata: Mapping[str, str]) -> dict[str, str]:
-        secret = self._secrets.get(name)
-        if secret is None:
-            raise SecretNotFound(name)
-        return dict(secret)
-
-    async def bulk_get(self, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]:
-        return {name: dict(secret) for name, secret in self._secrets.items()}

@@ -11,19 +11,16 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from typing import Any, ClassVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.sqlite_common import SQLiteDatabase, database_fields
 from components.state.base import (
     DeleteOp,
     ETagMismatch,
@@ -35,7 +32,6 @@ from components.state.base import (
 from components.state.query import Query, QueryPage, QueryResult, run_query
 
 log = logging.getLogger("pillion.state.sqlite")
-T = TypeVar("T")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -68,21 +64,7 @@ class SQLiteStateStore:
             MetadataField(
                 "metadataTableName", default="metadata", description="Table holding the schema level."
             ),
-            MetadataField(
-                "timeout", FieldType.DURATION, default=20.0, description="Timeout for one database call."
-            ),
-            MetadataField(
-                "busyTimeout",
-                FieldType.DURATION,
-                default=2.0,
-                description="How long to wait for a lock held by another process.",
-            ),
-            MetadataField(
-                "disableWAL",
-                FieldType.BOOLEAN,
-                default=False,
-                description="Use a rollback journal instead of write-ahead logging.",
-            ),
+            *database_fields(busy_timeout=2.0),
             MetadataField(
                 "cleanupInterval",
                 FieldType.DURATION,
@@ -102,15 +84,18 @@ class SQLiteStateStore:
         for name in ("tableName", "metadataTableName"):
             if not _IDENTIFIER.match(metadata[name]):
                 raise MetadataError(name, f"{metadata[name]!r} is not a valid table name")
-        self._target: str = metadata["connectionString"]
         self._table: str = metadata["tableName"]
         self._meta_table: str = metadata["metadataTableName"]
-        self._timeout: float = metadata["timeout"]
-        self._busy_timeout: float = metadata["busyTimeout"]
-        self._wal: bool = not metadata["disableWAL"]
         self._cleanup_every: float = metadata["cleanupInterval"]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{context.name}")
-        self._conn: sqlite3.Connection | None = None
+        self._database = SQLiteDatabase(
+            metadata["connectionString"],
+            thread_name=f"sqlite-{context.name}",
+            timeout=metadata["timeout"],
+            busy_timeout=metadata["busyTimeout"],
+            wal=not metadata["disableWAL"],
+            setup=self._create_tables,
+            closed_message="the SQLite state store is closed",
+        )
         self._cleaner: asyncio.Task[None] | None = None
         self._prepare_statements()
 
@@ -136,41 +121,9 @@ class SQLiteStateStore:
         self._sql_delete_etag = f"DELETE FROM {t} WHERE key = ? AND etag = ? AND {live}"
         self._sql_scan = f"SELECT key, value, is_binary, etag FROM {t} WHERE substr(key, 1, ?) = ? AND {live}"
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._executor, fn, *args), self._timeout)
-
     # --- life cycle -------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        target, uri = self._target, self._target.startswith("file:")
-        if uri:
-            # Drop the Go driver's own options (_txlock, _pragma, ...): they mean nothing here.
-            base, _, query = target.partition("?")
-            kept = [(k, v) for k, v in parse_qsl(query) if not k.startswith("_")]
-            target = base + ("?" + urlencode(kept) if kept else "")
-        elif target != ":memory:":
-            Path(target).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            target = str(Path(target).expanduser())
-        conn = None
-        try:
-            conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
-            self._prepare(conn, in_memory=target == ":memory:" or "mode=memory" in target)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            # SQLite's own words ("unable to open database file") name neither the file nor why.
-            why = "" if uri or os.access(Path(target).parent, os.W_OK) else " (its directory is not writable)"
-            raise sqlite3.OperationalError(f"cannot use the database {target}: {exc}{why}") from None
-        self._conn = conn
-
-    def _prepare(self, conn: sqlite3.Connection, in_memory: bool) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-        if self._wal and not in_memory:
-            conn.execute("PRAGMA journal_mode = WAL")
-            # With WAL, NORMAL loses nothing when the process dies; only a power cut can cost
-            # the last commits.
-            conn.execute("PRAGMA synchronous = NORMAL")
+    def _create_tables(self, conn: sqlite3.Connection) -> None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._table} (key TEXT NOT NULL PRIMARY KEY, "
             "value TEXT NOT NULL, is_binary BOOLEAN NOT NULL, etag TEXT NOT NULL, "
@@ -182,16 +135,8 @@ class SQLiteStateStore:
         )
         conn.execute(f"INSERT OR IGNORE INTO {self._meta_table} (key, value) VALUES ('migrations', '1')")
 
-    def _shutdown(self) -> None:
-        if self._conn is None:
-            return
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._conn.close()
-        self._conn = None
-
     async def init(self) -> None:
-        await self._run(self._open)
+        await self._database.open()
         if self._cleanup_every > 0:
             self._cleaner = asyncio.create_task(self._clean_forever())
 
@@ -200,20 +145,14 @@ class SQLiteStateStore:
             self._cleaner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cleaner
-        await self._run(self._shutdown)
-        self._executor.shutdown(wait=True)
+        await self._database.close()
 
     async def ping(self) -> None:
-        await self._run(self._db().execute, "SELECT 1")
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the SQLite state store is closed")
-        return self._conn
+        await self._database.run(self._database.connection().execute, "SELECT 1")
 
     def _delete_expired(self) -> int:
         now = _db_time(datetime.now(UTC))
-        db = self._db()
+        db = self._database.connection()
         deleted = db.execute(
             f"DELETE FROM {self._table} WHERE expiration_time IS NOT NULL AND expiration_time <= ?", (now,)
         ).rowcount
@@ -227,7 +166,7 @@ class SQLiteStateStore:
     async def _clean_forever(self) -> None:
         while True:
             try:
-                deleted = await self._run(self._delete_expired)
+                deleted = await self._database.run(self._delete_expired)
                 if deleted:
                     log.debug("deleted %d expired rows", deleted)
             except Exception as exc:  # a failed sweep must not end the task
@@ -249,7 +188,7 @@ class SQLiteStateStore:
 
     def _get_sync(self, keys: Sequence[str]) -> list[StoredItem | None]:
         now = _db_time(datetime.now(UTC))
-        db = self._db()
+        db = self._database.connection()
         items: list[StoredItem | None] = []
         for key in keys:
             row = db.execute(self._sql_get, (key, now)).fetchone()
@@ -261,10 +200,10 @@ class SQLiteStateStore:
         return items
 
     async def get(self, key: str) -> StoredItem | None:
-        return (await self._run(self._get_sync, (key,)))[0]
+        return (await self._database.run(self._get_sync, (key,)))[0]
 
     async def bulk_get(self, keys: Sequence[str]) -> list[StoredItem | None]:
-        return await self._run(self._get_sync, keys)
+        return await self._database.run(self._get_sync, keys)
 
     def _apply(self, db: sqlite3.Connection, op: Operation, now: datetime) -> None:
         now_text = _db_time(now)
@@ -289,7 +228,7 @@ class SQLiteStateStore:
             db.execute(self._sql_upsert, (op.key, value, is_binary, etag, expires, now_text))
 
     def _write_sync(self, ops: Sequence[Operation]) -> None:
-        db = self._db()
+        db = self._database.connection()
         now = datetime.now(UTC)
         if len(ops) == 1:
             self._apply(db, ops[0], now)
@@ -304,19 +243,21 @@ class SQLiteStateStore:
         db.execute("COMMIT")
 
     async def set(self, op: SetOp) -> None:
-        await self._run(self._write_sync, (op,))
+        await self._database.run(self._write_sync, (op,))
 
     async def delete(self, op: DeleteOp) -> None:
-        await self._run(self._write_sync, (op,))
+        await self._database.run(self._write_sync, (op,))
 
     async def transact(self, ops: Sequence[Operation]) -> None:
         if ops:
-            await self._run(self._write_sync, ops)
+            await self._database.run(self._write_sync, ops)
 
     def _query_sync(self, key_prefix: str, query: Query) -> QueryPage:
         now = _db_time(datetime.now(UTC))
-        rows = self._db().execute(self._sql_scan, (len(key_prefix), key_prefix, now)).fetchall()
+        rows = (
+            self._database.connection().execute(self._sql_scan, (len(key_prefix), key_prefix, now)).fetchall()
+        )
         return run_query(query, (QueryResult(r[0], self._decode(r[1], r[2]), r[3]) for r in rows))
 
     async def query(self, key_prefix: str, query: Query) -> QueryPage:
-        return await self._run(self._query_sync, key_prefix, query)
+        return await self._database.run(self._query_sync, key_prefix, query)
