@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,12 +94,18 @@ class SQLiteDatabase:
         try:
             conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            if self._wal and target != ":memory:" and "mode=memory" not in target:
-                conn.execute("PRAGMA journal_mode = WAL")
-                # With WAL, NORMAL loses nothing when the process dies; only a power cut can cost
-                # the last commits.
-                conn.execute("PRAGMA synchronous = NORMAL")
-            self._setup(conn)
+            wal = self._wal and target != ":memory:" and "mode=memory" not in target
+            deadline = time.monotonic() + max(self._busy_timeout, 1.0)
+            while True:
+                try:
+                    self._prepare(conn, wal)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Processes creating one new database at once (two sidecars started together):
+                    # switching it to WAL takes a lock SQLite does not wait for, so try again.
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -106,6 +113,14 @@ class SQLiteDatabase:
             why = "" if uri or os.access(Path(target).parent, os.W_OK) else " (its directory is not writable)"
             raise sqlite3.OperationalError(f"cannot use the database {target}: {exc}{why}") from None
         self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection, wal: bool) -> None:
+        if wal:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # With WAL, NORMAL loses nothing when the process dies; only a power cut can cost the
+            # last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+        self._setup(conn)
 
     def _shutdown(self) -> None:
         if self._conn is None:

@@ -6,6 +6,8 @@ import http.server
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -243,3 +245,45 @@ def test_env_ref_reads_the_environment(tmp_path: Path) -> None:
         )
         assert result.returncode == 1
         assert f"envRef '{variable}' {problem}" in result.stderr
+
+
+def test_sidecars_started_together_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """Two apps sharing fresh SQLite files, started at the same moment (the samples do this)."""
+    shared = tmp_path / "shared"
+    resources = {
+        "state.yaml": component("statestore", "state.sqlite", {"connectionString": str(shared / "state.db")}),
+        "pubsub.yaml": component("pubsub", "pubsub.sqlite", {"connectionString": str(shared / "pubsub.db")}),
+    }
+    folder = write_resources(tmp_path / "res", resources)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "serve",
+                "--app-id",
+                f"app{i}",
+                "--resources-path",
+                str(folder),
+                "--dapr-http-port",
+                str(free_port()),
+                "--metrics-port",
+                str(free_port()),
+                "--data-dir",
+                str(tmp_path / f"d{i}"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    try:
+        time.sleep(3)
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()[1]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
