@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.periodic import sweep_forever
 from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions, message_ttl
 from components.sqlite_common import SQLiteDatabase, database_fields
 
@@ -377,14 +378,9 @@ class SQLitePubSub:
         return self._transaction(sweep)
 
     async def _clean_forever(self) -> None:
-        while True:
-            try:
-                deleted = await self._database.run(self._sweep_sync)
-                if deleted:
-                    log.debug("deleted %d expired messages", deleted)
-            except Exception as exc:  # a failed sweep must not end the task
-                log.warning("deleting expired messages failed: %s", exc)
-            await asyncio.sleep(self._cleanup_every)
+        await sweep_forever(
+            lambda: self._database.run(self._sweep_sync), self._cleanup_every, "expired messages", log
+        )
 
 
 class _Subscription:

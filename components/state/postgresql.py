@@ -20,6 +20,7 @@ import asyncpg
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.periodic import sweep_forever
 from components.postgresql_common import CONNECTION_FIELDS, PostgresSettings, create_pool
 from components.state.base import (
     DeleteOp,
@@ -257,14 +258,7 @@ class PostgreSQLStateStore:
             return _count(await conn.execute(self._sql_delete_expired, timeout=_SWEEP_TIMEOUT))
 
     async def _clean_forever(self) -> None:
-        while True:
-            try:
-                deleted = await self.delete_expired()
-                if deleted:
-                    log.debug("deleted %d expired rows from %s", deleted, self._table)
-            except Exception as exc:  # a failed sweep must not end the task
-                log.warning("deleting expired rows from %s failed: %s", self._table, exc)
-            await asyncio.sleep(self._cleanup_every)
+        await sweep_forever(self.delete_expired, self._cleanup_every, f"expired rows from {self._table}", log)
 
     # --- rows ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
+from components.periodic import sweep_forever
 from components.sqlite_common import SQLiteDatabase, database_fields
 from components.state.base import (
     DeleteOp,
@@ -164,14 +165,9 @@ class SQLiteStateStore:
         return deleted
 
     async def _clean_forever(self) -> None:
-        while True:
-            try:
-                deleted = await self._database.run(self._delete_expired)
-                if deleted:
-                    log.debug("deleted %d expired rows", deleted)
-            except Exception as exc:  # a failed sweep must not end the task
-                log.warning("cleaning expired rows failed: %s", exc)
-            await asyncio.sleep(self._cleanup_every)
+        await sweep_forever(
+            lambda: self._database.run(self._delete_expired), self._cleanup_every, "expired rows", log
+        )
 
     # --- rows ---------------------------------------------------------------------------------
 
