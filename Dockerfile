@@ -12,10 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Every dependency ships wheels for this base, so no compiler is needed; the sources are built in a
 # throwaway folder and only the installed package stays in the image.
-COPY pyproject.toml README.md /tmp/pillion/
+COPY pyproject.toml README.md constraints.txt /tmp/pillion/
 COPY runtime /tmp/pillion/runtime
 COPY components /tmp/pillion/components
-RUN pip install /tmp/pillion && rm -rf /tmp/pillion
+# constraints.txt pins the versions the test suite ran against (scripts/lock).
+RUN pip install -c /tmp/pillion/constraints.txt /tmp/pillion && rm -rf /tmp/pillion
 
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a number, and the manifests in
 # deploy/kubernetes name the same one.

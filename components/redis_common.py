@@ -11,10 +11,10 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, SSLConnection
 from redis.asyncio.retry import Retry
@@ -327,12 +327,12 @@ def _sentinel_client(settings: RedisSettings, connection: dict[str, Any], *, bou
         # The component's retries, not redis-py's default of several seconds of back-off.
         "retry": connection["retry"],
     }
-    sentinel = Sentinel(settings.sentinels, sentinel_kwargs=options)  # type: ignore[no-untyped-call]
+    sentinel = _new_sentinel(settings.sentinels, sentinel_kwargs=options)
     # redis-py names each sentinel by its client's full repr in "no master found" errors.
     sentinel.sentinels = [_SentinelNode(host=host, port=port, **options) for host, port in settings.sentinels]
     pool: ConnectionPool
     if bounded:
-        pool = _SentinelBlockingConnectionPool(  # type: ignore[no-untyped-call]
+        pool = _new_blocking_sentinel_pool(
             settings.sentinel_master,
             sentinel,
             max_connections=settings.pool_size,
@@ -340,7 +340,7 @@ def _sentinel_client(settings: RedisSettings, connection: dict[str, Any], *, bou
             **connection,
         )
     else:
-        pool = SentinelConnectionPool(settings.sentinel_master, sentinel, **connection)  # type: ignore[no-untyped-call]
+        pool = _new_sentinel_pool(settings.sentinel_master, sentinel, **connection)
     return _SentinelClient(sentinel, pool)
 
 
@@ -370,3 +370,13 @@ class _SentinelClient(Redis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
         await self.sentinel_manager.aclose()
+
+
+# redis-py types some of these constructors and not others, and which ones changes between its
+# releases (8.2 typed ``Sentinel.__init__``). Calling them through typed aliases keeps
+# ``mypy --strict`` passing on either side of such a change, with no ``type: ignore`` to go stale.
+_new_sentinel = cast("Callable[..., Sentinel]", Sentinel)
+_new_sentinel_pool = cast("Callable[..., SentinelConnectionPool]", SentinelConnectionPool)
+_new_blocking_sentinel_pool = cast(
+    "Callable[..., _SentinelBlockingConnectionPool]", _SentinelBlockingConnectionPool
+)

@@ -7,9 +7,10 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 stamp="$VENV/.pillion-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e "$ROOT[dev]"
+  # Exactly the versions the suite was last run against (constraints.txt, made by scripts/lock).
+  "$PY" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[dev]"
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
