@@ -36,6 +36,7 @@ from runtime.resources import (
     validate_component,
 )
 from runtime.secrets import Redactor, SecretsBlock, init_order, resolve_references, secret_values
+from runtime.service_invocation import InvocationOptions
 from runtime.state import StateBlock, StoreEntry, key_prefix
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
@@ -44,6 +45,7 @@ from runtime.tracing import Tracer, create_tracer
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.hot_reload import ResourceWatcher
+    from runtime.service_invocation import ServiceInvocation
 
 log = logging.getLogger("pillion")
 # A health probe must answer quickly even when a backend hangs.
@@ -72,6 +74,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
+    invocation: InvocationOptions = field(default_factory=InvocationOptions)
+    # --enable-api-logging: one log line per API call.
+    api_logging: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -138,6 +144,7 @@ class Sidecar:
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
         self.channel: AppChannel | None = None
         self._watcher: ResourceWatcher | None = None
+        self.invocation: ServiceInvocation | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -247,6 +254,9 @@ class Sidecar:
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        if self.invocation is not None:
+            await self.invocation.close()
+            self.invocation = None
         if self._watcher is not None:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
@@ -260,6 +270,16 @@ class Sidecar:
             except Exception as exc:
                 log.warning("closing component %s failed: %s", loaded.resource.name, exc)
         self.components.clear()
+
+    async def _start_invocation(self) -> None:
+        from runtime.service_invocation import InvocationSetupError, ServiceInvocation
+
+        invocation = ServiceInvocation(self, self.options.invocation)
+        self.invocation = invocation
+        try:
+            await invocation.start()
+        except InvocationSetupError as exc:
+            raise StartupError(str(exc)) from None
 
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -422,6 +442,7 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            await self._start_invocation()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 

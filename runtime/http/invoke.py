@@ -1,0 +1,121 @@
+"""``/v1.0/invoke/{appId}/method/{method}`` and the ``dapr-app-id`` header form, any verb.
+
+Only the wire format lives here: finding the target and method as daprd does, and turning the
+reply (status, headers, streamed body) back into an HTTP answer unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from aiohttp.http import SERVER_SOFTWARE
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from runtime.errors import APIError, direct_invoke_missing_app_id
+from runtime.http.trace_context import SCOPE_KEY
+from runtime.http.wire import error_response, too_large
+from runtime.invocation import Call, forwarded_request_headers, normalize_method
+
+if TYPE_CHECKING:
+    from runtime.service_invocation import ServiceInvocation
+
+_PREFIX = "/v1.0/invoke/"
+# Set by the sidecar's HTTP server itself, or describing the trace of the sidecar's own span.
+_REPLACED = frozenset({"date", "traceparent", "tracestate"})
+_SERVER = SERVER_SOFTWARE.encode()
+
+
+def _header_target(request: Request) -> str | None:
+    target = request.headers.get("dapr-app-id")
+    if target:
+        return target
+    auth = request.headers.get("authorization", "")
+    scheme, _, encoded = auth.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if user.lower() == "dapr-app-id" and password else None
+
+
+def _find_target(request: Request) -> tuple[str, str]:
+    """(app id, raw method) from the header forms, else from the URL."""
+    path: str = request.scope["path"]
+    target = _header_target(request)
+    if target is not None:
+        return target, unquote(path)
+    if path.startswith(_PREFIX):
+        rest = path[len(_PREFIX) :]
+        app, sep, method = rest.partition("/method/")
+        if not sep:
+            app, sep, method = rest.partition("/method")
+            if method:  # "/methodical": not the method separator
+                sep = ""
+        if sep and app:
+            return unquote(app), unquote(method)
+    raise direct_invoke_missing_app_id()
+
+
+def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    async def read() -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            if chunk:
+                yield chunk
+
+    return read()
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "transfer-encoding" in request.headers
+
+
+async def invoke(request: Request) -> Response:
+    try:
+        target, raw_method = _find_target(request)
+    except APIError as exc:
+        return error_response(exc)
+    service: ServiceInvocation | None = request.app.state.sidecar.invocation
+    if service is None:
+        return error_response(
+            APIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invocation is starting")
+        )
+    limit: int = request.app.state.max_body_size
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return error_response(too_large(limit))
+    try:
+        method = normalize_method(target, raw_method)
+        headers = forwarded_request_headers(request.scope["headers"], service.checks_token)
+        span = request.scope.get(SCOPE_KEY)
+        if span is not None:
+            headers.append(("traceparent", span.traceparent))
+            if span.tracestate:
+                headers.append(("tracestate", span.tracestate))
+        query = request.scope["query_string"].decode("latin-1")
+        body = (lambda: _body(request, limit)) if _has_body(request) else None
+        call = Call(request.method, method, query, headers, body)
+        reply = await service.block.invoke(target, call)
+    except APIError as exc:
+        return error_response(exc)
+    response = StreamingResponse(reply.body, status_code=reply.status)
+    response.raw_headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in reply.headers
+        if name.lower() not in _REPLACED
+    ]
+    response.raw_headers = [h for h in response.raw_headers if h != (b"server", _SERVER)]
+    return response
