@@ -63,17 +63,23 @@ def _find_target(request: Request) -> tuple[str, str]:
     raise direct_invoke_missing_app_id()
 
 
-def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
-    async def read() -> AsyncIterator[bytes]:
+class _LimitedBody:
+    """The request body as a stream, stopped at the body limit (noted, so the answer is 413)."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.exceeded = False
+
+    async def read(self) -> AsyncIterator[bytes]:
         size = 0
-        async for chunk in request.stream():
+        async for chunk in self.request.stream():
             size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
+            if size > self.limit:
+                self.exceeded = True
+                raise too_large(self.limit)
             if chunk:
                 yield chunk
-
-    return read()
 
 
 def _has_body(request: Request) -> bool:
@@ -94,6 +100,7 @@ async def invoke(request: Request) -> Response:
             APIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invocation is starting")
         )
     limit: int = request.app.state.max_body_size
+    body: _LimitedBody | None = None
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         return error_response(too_large(limit))
@@ -106,11 +113,11 @@ async def invoke(request: Request) -> Response:
             if span.tracestate:
                 headers.append(("tracestate", span.tracestate))
         query = request.scope["query_string"].decode("latin-1")
-        body = (lambda: _body(request, limit)) if _has_body(request) else None
-        call = Call(request.method, method, query, headers, body)
+        body = _LimitedBody(request, limit) if _has_body(request) else None
+        call = Call(request.method, method, query, headers, body.read if body is not None else None)
         reply = await service.block.invoke(target, call)
     except APIError as exc:
-        return error_response(exc)
+        return error_response(too_large(limit) if body is not None and body.exceeded else exc)
     response = StreamingResponse(reply.body, status_code=reply.status)
     response.raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
