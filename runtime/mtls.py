@@ -268,7 +268,7 @@ class WorkloadCertificate:
                 # Key generation and signing take a few milliseconds: off the event loop. The
                 # contexts are only touched on the loop, where handshakes use them.
                 self._install(*await asyncio.to_thread(self._issue))
-                log.debug("renewed the certificate of %s", self.identity.uri)
+                log.info("renewed the certificate of %s", self.identity.uri)
             except Exception as exc:
                 log.error("renewing the certificate of %s failed: %s", self.identity.uri, exc)
 

@@ -63,7 +63,8 @@ async def handle(request):
     if first == "redirect":
         return web.Response(status=302, headers={**headers, "location": "/echo/elsewhere"})
     if first == "gzip":
-        return web.Response(body=gzip.compress(b"zipped body"), headers={**headers, "content-encoding": "gzip"})
+        zipped = gzip.compress(b"zipped body")
+        return web.Response(body=zipped, headers={**headers, "content-encoding": "gzip"})
     if first == "slow":
         await asyncio.sleep(float(path.split("/")[2]))
         return web.Response(text="slow", headers=headers)

@@ -20,6 +20,7 @@ from runtime.mtls import create_ca
 from tests.invoke_support import InvokeApp, internal_port, start_app, start_invoke_sidecar
 from tests.support import SidecarProcess, run_sidecar_to_exit
 
+Pair = tuple[SidecarProcess, SidecarProcess, InvokeApp]
 VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -51,7 +52,7 @@ def _headers(seen: dict[str, object]) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("verb", VERBS)
-def test_every_verb_reaches_the_app_with_path_query_headers_and_body(pair, verb: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_verb_reaches_the_app_with_path_query_headers_and_body(pair: Pair, verb: str) -> None:
     caller, _, _ = pair
     with caller.client() as client:
         response = client.request(
@@ -85,7 +86,7 @@ def test_every_verb_reaches_the_app_with_path_query_headers_and_body(pair, verb:
     assert headers["traceparent"][0] != "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def test_head_answers_the_apps_status_and_headers(pair) -> None:  # type: ignore[no-untyped-def]
+def test_head_answers_the_apps_status_and_headers(pair: Pair) -> None:
     caller, _, _ = pair
     with caller.client() as client:
         response = client.head("/v1.0/invoke/inv-b/method/echo/x")
@@ -93,7 +94,7 @@ def test_head_answers_the_apps_status_and_headers(pair) -> None:  # type: ignore
     assert response.headers["x-instance"] == "b1"
 
 
-def test_the_header_forms_work_on_any_path_and_the_namespace_form(pair) -> None:  # type: ignore[no-untyped-def]
+def test_the_header_forms_work_on_any_path_and_the_namespace_form(pair: Pair) -> None:
     caller, _, _ = pair
     basic = base64.b64encode(b"dapr-app-id:inv-b").decode()
     with caller.client() as client:
@@ -118,7 +119,7 @@ def test_the_header_forms_work_on_any_path_and_the_namespace_form(pair) -> None:
     assert no_method.json()["errorCode"] == "ERR_DIRECT_INVOKE"
 
 
-def test_method_is_decoded_and_dot_segments_resolved(pair) -> None:  # type: ignore[no-untyped-def]
+def test_method_is_decoded_and_dot_segments_resolved(pair: Pair) -> None:
     caller, _, _ = pair
     with caller.client() as client:
         seen = _echo(client.get("/v1.0/invoke/inv-b/method/echo%2Fa/x/..%2Fb"))
@@ -128,7 +129,7 @@ def test_method_is_decoded_and_dot_segments_resolved(pair) -> None:  # type: ign
     assert "invalid method" in bad.json()["message"]
 
 
-def test_the_apps_status_headers_and_body_come_back_unchanged(pair) -> None:  # type: ignore[no-untyped-def]
+def test_the_apps_status_headers_and_body_come_back_unchanged(pair: Pair) -> None:
     caller, _, _ = pair
     with caller.client() as client:
         teapot = client.get("/v1.0/invoke/inv-b/method/status/418")
@@ -151,7 +152,7 @@ def _rss(process: SidecarProcess) -> int:
     return int(psutil.Process(process.proc.pid).memory_info().rss)
 
 
-def test_a_100_mb_body_streams_both_ways_without_being_held(pair) -> None:  # type: ignore[no-untyped-def]
+def test_a_100_mb_body_streams_both_ways_without_being_held(pair: Pair) -> None:
     caller, target, _ = pair
     size = 100 * 1024 * 1024
     block = os.urandom(1024 * 1024)
@@ -212,7 +213,7 @@ def test_a_100_mb_upload_streams_through(tmp_path: Path) -> None:
         app.stop()
 
 
-def test_unknown_app_and_an_app_that_is_not_listening(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_app_and_an_app_that_is_not_listening(pair: Pair, tmp_path: Path) -> None:
     caller, _, _ = pair
     gone = start_app("gone")
     no_app = start_invoke_sidecar(tmp_path, "inv-noapp")
@@ -233,7 +234,8 @@ def test_unknown_app_and_an_app_that_is_not_listening(pair, tmp_path: Path) -> N
     }
     assert not_initialized.status_code == 500
     assert not_initialized.json()["message"] == (
-        "failed to invoke, id: inv-noapp, err: rpc error: code = Internal desc = app channel is not initialized"
+        "failed to invoke, id: inv-noapp, err: "
+        "rpc error: code = Internal desc = app channel is not initialized"
     )
     assert unreachable.status_code == 500
     assert unreachable.json()["message"].startswith(
@@ -241,7 +243,7 @@ def test_unknown_app_and_an_app_that_is_not_listening(pair, tmp_path: Path) -> N
     )
 
 
-def test_a_dead_sidecar_is_retried_three_times_then_reported(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_sidecar_is_retried_three_times_then_reported(pair: Pair, tmp_path: Path) -> None:
     caller, _, _ = pair
     victim = start_invoke_sidecar(tmp_path, "inv-dead")
     victim.kill()  # its registration stays fresh for a few seconds
@@ -258,7 +260,7 @@ def test_a_dead_sidecar_is_retried_three_times_then_reported(pair, tmp_path: Pat
     assert 2.5 < took < 8
 
 
-def test_a_self_call_goes_straight_to_the_app(pair) -> None:  # type: ignore[no-untyped-def]
+def test_a_self_call_goes_straight_to_the_app(pair: Pair) -> None:
     _, target, _ = pair
     with target.client() as client:
         seen = _echo(client.get("/v1.0/invoke/inv-b/method/echo/self"))
@@ -267,7 +269,7 @@ def test_a_self_call_goes_straight_to_the_app(pair) -> None:  # type: ignore[no-
     assert "x-forwarded-for" not in headers
 
 
-def test_a_sidecar_with_a_certificate_from_another_ca_is_refused(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_sidecar_with_a_certificate_from_another_ca_is_refused(pair: Pair, tmp_path: Path) -> None:
     _, target, _ = pair
     foreign = tmp_path / "foreign-ca"
     create_ca(foreign)
