@@ -210,16 +210,18 @@ class _Output:
 
     def line(self, text: str) -> None:
         kind = "app" if text.startswith(self.app_prefix) else "daprd"
+        bare = text.split(" == ", 1)[1] if text.startswith("== ") else text
         destination = self.spec.app_log if kind == "app" else self.spec.daprd_log
-        important = kind == "daprd" and any(
-            w in text for w in (" WARNING ", " ERROR ", " CRITICAL ", "pillion: ")
+        # What the user must see whatever the destination: trouble, and the sidecar's own lines.
+        important = kind == "daprd" and (
+            bare.startswith("pillion: ") or any(w in bare for w in (" WARNING ", " ERROR ", " CRITICAL "))
         )
         if destination != "file" or important:
             sys.stdout.write(text if text.startswith("== ") else f"== PILLION - {self.spec.app_id} == {text}")
             sys.stdout.flush()
         handle = self.files.get(kind)
         if handle is not None:
-            handle.write(text.split(" == ", 1)[1] if text.startswith("== ") else text)
+            handle.write(bare)
             handle.flush()
 
     def close(self) -> None:

@@ -95,8 +95,9 @@ def test_access_control_decides_from_the_callers_certificate(app: InvokeApp, tmp
         assert denied.status_code == 403, denied.text
         assert denied.json()["errorCode"] == "ERR_DIRECT_INVOKE"
     assert wrong_path.json()["message"] == (
-        "failed to invoke, id: acl-target, err: rpc error: code = PermissionDenied desc = access control "
-        "policy has denied access to id: spiffe://public/ns/default/acl-caller operation: echo/other verb: GET"
+        "failed to invoke, id: acl-target, err: rpc error: code = PermissionDenied desc = access "
+        "control policy has denied access to id: spiffe://public/ns/default/acl-caller "
+        "operation: echo/other verb: GET"
     )
     assert "spiffe://public/ns/default/acl-other" in stranger.json()["message"]
 
