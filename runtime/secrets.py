@@ -7,26 +7,20 @@ It talks to stores only through ``components.secretstores.base``; it never impor
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from components.secretstores.base import SecretNotFound, SecretStore
+from runtime import errors
 from runtime.configuration import SecretScope
-from runtime.errors import APIError
 from runtime.resources import ComponentResource, ResourceError, SecretKeyRef
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
 
 SECRET_STORES = "secretstores"
-
-
-def _go_quote(text: str) -> str:
-    # daprd formats these names with Go's %q.
-    return json.dumps(text, ensure_ascii=False)
 
 
 class SecretsBlock:
@@ -57,8 +51,8 @@ class SecretsBlock:
         if store is not None:
             return store
         if not self._stores:
-            raise APIError(500, "ERR_SECRET_STORES_NOT_CONFIGURED", "secret store is not configured")
-        raise APIError(401, "ERR_SECRET_STORE_NOT_FOUND", f"failed finding secret store with key {name}")
+            raise errors.secret_stores_not_configured()
+        raise errors.secret_store_not_found(name)
 
     def allowed(self, store: str, name: str) -> bool:
         scope = self._scopes.get(store)
@@ -67,20 +61,12 @@ class SecretsBlock:
     async def get(self, store_name: str, name: str, metadata: Mapping[str, str]) -> dict[str, str]:
         store = self.store(store_name)
         if not self.allowed(store_name, name):
-            raise APIError(
-                403,
-                "ERR_PERMISSION_DENIED",
-                f"access denied by policy to get {_go_quote(name)} from {_go_quote(store_name)}",
-            )
+            raise errors.secret_permission_denied(store_name, name)
         try:
             return await store.get(name, metadata)
         except Exception as exc:
             self._failed(store_name, "get", exc)
-            raise APIError(
-                500,
-                "ERR_SECRET_GET",
-                f"failed getting secret with key {name} from secret store {store_name}: {exc}",
-            ) from exc
+            raise errors.secret_get_failed(store_name, name, exc) from exc
 
     async def bulk_get(self, store_name: str, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]:
         store = self.store(store_name)
@@ -88,9 +74,7 @@ class SecretsBlock:
             secrets = await store.bulk_get(metadata)
         except Exception as exc:
             self._failed(store_name, "bulk_get", exc)
-            raise APIError(
-                500, "ERR_SECRET_GET", f"failed getting secrets from secret store {store_name}: {exc}"
-            ) from exc
+            raise errors.secret_bulk_get_failed(store_name, exc) from exc
         # Secrets the scope denies are left out without an error, as daprd does.
         return {name: secret for name, secret in secrets.items() if self.allowed(store_name, name)}
 

@@ -26,7 +26,7 @@ from components.state.base import (
     TransactionalStateStore,
 )
 from components.state.query import QueryPage, parse_query
-from runtime.errors import APIError, bad_request, error_info, help_link, resource_info
+from runtime import errors
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
@@ -110,17 +110,7 @@ def _check_options(concurrency: str, consistency: str) -> None:
 
 def check_key(store: str, key: str) -> None:
     if "||" in key:
-        message = f"input key/keyPrefix '{key}' can't contain '||'"
-        raise APIError(
-            400,
-            "ERR_MALFORMED_REQUEST",
-            message,
-            [
-                error_info("DAPR_STATE_ILLEGAL_KEY"),
-                resource_info("state", store),
-                bad_request(key, message),
-            ],
-        )
+        raise errors.state_illegal_key(store, key)
 
 
 class StateBlock:
@@ -146,18 +136,8 @@ class StateBlock:
         if entry is not None:
             return entry
         if not self._stores:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_CONFIGURED",
-                f"state store {name} is not configured",
-                [error_info("DAPR_STATE_NOT_CONFIGURED", {"appID": self.app_id})],
-            )
-        raise APIError(
-            400,
-            "ERR_STATE_STORE_NOT_FOUND",
-            f"state store {name} is not found",
-            [error_info("DAPR_STATE_NOT_FOUND", {"appID": self.app_id})],
-        )
+            raise errors.state_store_not_configured(name, self.app_id)
+        raise errors.state_store_not_found(name, self.app_id)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -168,9 +148,7 @@ class StateBlock:
             return await entry.store.get(entry.prefix + key)
         except Exception as exc:
             self._failed(store, "get")
-            raise APIError(
-                500, "ERR_STATE_GET", f"fail to get {key} from state store {store}: {exc}"
-            ) from exc
+            raise errors.state_get_failed(store, key, exc) from exc
 
     async def bulk_get(self, store: str, keys: Sequence[str]) -> list[StoredItem | None]:
         entry = self.entry(store)
@@ -182,9 +160,7 @@ class StateBlock:
             return await entry.store.bulk_get([entry.prefix + key for key in keys])
         except Exception as exc:
             self._failed(store, "bulk_get")
-            raise APIError(
-                500, "ERR_STATE_BULK_GET", f"failed getting state from state store {store}: {exc}"
-            ) from exc
+            raise errors.state_bulk_get_failed(store, exc) from exc
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -209,65 +185,41 @@ class StateBlock:
         try:
             ops = [self._set_op(entry.prefix, item) for item in items]
         except OptionError as exc:
-            raise APIError(
-                500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {exc}"
-            ) from None
+            raise errors.state_save_failed(store, str(exc)) from None
         if len(ops) == 1:
             results: list[BaseException | None] = [await _capture(entry.store.set(ops[0]))]
         else:
             results = await asyncio.gather(*(entry.store.set(op) for op in ops), return_exceptions=True)
-        errors = [r for r in results if r is not None]
-        if not errors:
+        failures = [r for r in results if r is not None]
+        if not failures:
             return
-        detail = "; ".join(str(e) for e in errors)
-        if any(isinstance(e, ETagMismatch) for e in errors):
-            raise APIError(
-                409,
-                "ERR_STATE_SAVE",
-                f"failed saving state in state store {store}: possible etag mismatch. "
-                f"error from state store: {detail}",
-            )
-        if any(isinstance(e, ETagInvalid) for e in errors):
-            raise APIError(400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+        detail = "; ".join(str(e) for e in failures)
+        if any(isinstance(e, ETagMismatch) for e in failures):
+            raise errors.state_save_failed(store, detail, "mismatch")
+        if any(isinstance(e, ETagInvalid) for e in failures):
+            raise errors.state_save_failed(store, detail, "invalid")
         self._failed(store, "set")
-        raise APIError(500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+        raise errors.state_save_failed(store, detail)
 
     async def delete(self, store: str, item: DeleteItem) -> None:
         entry = self.entry(store)
         check_key(store, item.key)
-        prefix = f"failed deleting state with key {item.key}"
         try:
             op = self._delete_op(entry.prefix, item)
             await entry.store.delete(op)
         except ETagMismatch as exc:
-            raise APIError(
-                409,
-                "ERR_STATE_DELETE",
-                f"{prefix}: possible etag mismatch. error from state store: {exc}",
-            ) from None
+            raise errors.state_delete_failed(item.key, str(exc), "mismatch") from None
         except ETagInvalid as exc:
-            raise APIError(400, "ERR_STATE_DELETE", f"{prefix}: {exc}") from None
+            raise errors.state_delete_failed(item.key, str(exc), "invalid") from None
         except Exception as exc:
             if not isinstance(exc, OptionError):
                 self._failed(store, "delete")
-            raise APIError(500, "ERR_STATE_DELETE", f"{prefix}: {exc}") from exc
+            raise errors.state_delete_failed(item.key, str(exc)) from exc
 
     def transactional(self, store: str) -> TransactionalStateStore:
         entry = self.entry(store)
         if StateFeature.TRANSACTIONAL not in entry.store.features:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {store} doesn't support transactions",
-                [
-                    error_info("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED"),
-                    help_link(
-                        "Check the list of state stores and the features they support",
-                        "https://docs.dapr.io/reference/components-reference/supported-state-stores/",
-                    ),
-                    resource_info("state", store),
-                ],
-            )
+            raise errors.state_transactions_not_supported(store)
         return cast(TransactionalStateStore, entry.store)
 
     async def transact(self, store: str, ops: Sequence[SaveItem | DeleteItem]) -> None:
@@ -277,18 +229,7 @@ class StateBlock:
             check_key(store, item.key)
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
-            raise APIError(
-                400,
-                "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS",
-                f"the transaction contains {len(ops)} operations, which is more than what the "
-                f"state store supports: {limit}",
-                [
-                    error_info(
-                        "DAPR_STATE_TOO_MANY_TRANSACTIONS",
-                        {"currentOpsTransaction": str(len(ops)), "maxOpsPerTransaction": str(limit)},
-                    )
-                ],
-            )
+            raise errors.state_too_many_operations(len(ops), limit)
         try:
             store_ops: list[Operation] = [
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
@@ -297,39 +238,23 @@ class StateBlock:
             await target.transact(store_ops)
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key
-            raise APIError(
-                500,
-                "ERR_STATE_TRANSACTION",
-                f"error while executing state transaction: {exc} (key {key!r})",
-            ) from None
+            raise errors.state_transaction_failed(f"{exc} (key {key!r})") from None
         except Exception as exc:
             if not isinstance(exc, OptionError):
                 self._failed(store, "transact")
-            raise APIError(
-                500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
-            ) from exc
+            raise errors.state_transaction_failed(str(exc)) from exc
 
     # --- query ---------------------------------------------------------------------------------
 
     async def query(self, store: str, body: bytes) -> QueryPage:
         entry = self.entry(store)
         if StateFeature.QUERY_API not in entry.store.features:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                "state store does not support querying",
-                [error_info("DAPR_STATE_QUERYING_NOT_SUPPORTED"), resource_info("state", store)],
-            )
+            raise errors.state_query_not_supported(store)
         try:
             query = parse_query(body)
             page = await cast(QueryableStateStore, entry.store).query(entry.prefix, query)
         except Exception as exc:  # QueryError or a store failure: both are ERR_STATE_QUERY
-            raise APIError(
-                500,
-                "ERR_STATE_QUERY",
-                f"state store {store} query failed: {exc}",
-                [error_info("DAPR_STATE_QUERY_FAILED"), resource_info("state", store)],
-            ) from None
+            raise errors.state_query_failed(store, exc) from None
         cut = len(entry.prefix)
         for result in page.results:
             result.key = result.key[cut:]

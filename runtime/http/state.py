@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from components.state.base import StoredItem
-from runtime.errors import APIError, malformed
+from runtime.errors import malformed, state_operation_not_supported
 from runtime.http.wire import (
     JSON,
     decode_json,
@@ -159,7 +159,7 @@ async def transaction(request: Request) -> Response:
         kind = optional_string(field(raw, "operation"), "operation")
         request_body = field(raw, "request")
         if kind not in ("upsert", "delete"):
-            raise APIError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
+            raise state_operation_not_supported(str(kind))
         item = _save_item(request_body, query_meta)
         if kind == "upsert":
             ops.append(item)
