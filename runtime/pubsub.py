@@ -10,11 +10,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOptions, message_ttl
 from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents, errors
+from runtime.block import BlockContext, LoadedComponent
 from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
 from runtime.tracing import Span, Tracer
 
@@ -120,6 +121,8 @@ class _Running:
 
 
 class PubSubBlock:
+    kind: ClassVar[str] = "pubsub"
+
     def __init__(
         self,
         app_id: str,
@@ -139,6 +142,30 @@ class PubSubBlock:
         self._stopping = asyncio.Event()
         # Starting, reloading and stopping subscriptions take turns.
         self._changing = asyncio.Lock()
+        # Pubsubs installed or removed since subscriptions last (re)started: theirs restart.
+        self._swapped: set[str] = set()
+
+    @classmethod
+    def create(cls, context: BlockContext) -> PubSubBlock:
+        return cls(context.app_id, [], context.metrics, context.tracer)
+
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> BrokerEntry:
+        scopes = TopicScopes.from_metadata(component.metadata, self.app_id)
+        broker = cast(PubSub, component.instance)
+        return BrokerEntry(component.resource.name, broker, scopes, component.metadata)
+
+    def capabilities(self, entry: BrokerEntry) -> list[str]:
+        return sorted(str(f) for f in entry.broker.features)
+
+    def install(self, name: str, entry: BrokerEntry | None) -> None:
+        """Publishing uses ``entry`` at once; its subscriptions move to it in :meth:`reload`."""
+        if entry is None:
+            self._entries.pop(name, None)
+        else:
+            self._entries[name] = entry
+        self._swapped.add(name)
 
     @property
     def has_brokers(self) -> bool:
@@ -301,6 +328,7 @@ class PubSubBlock:
 
         async with self._changing:
             self._channel = channel
+            self._swapped.clear()  # every subscription starts on the entries installed now
             try:
                 reply = await channel.subscriptions()
             except AppCallFailed as exc:
@@ -366,32 +394,23 @@ class PubSubBlock:
         """Whether the subscriptions have started (the app was asked for its own)."""
         return self._channel is not None
 
-    async def reload(
-        self,
-        brokers: Mapping[str, BrokerEntry | None],
-        declared: Sequence[Subscription],
-        drain_timeout: float,
-    ) -> None:
-        """Resource files changed: ``brokers`` are the pubsubs added or replaced (None: removed),
-        ``declared`` all the declarative subscriptions now.
+    async def reload(self, declared: Sequence[Subscription], drain_timeout: float) -> None:
+        """Resource files changed: ``declared`` are all the declarative subscriptions now, and
+        the pubsubs added, replaced or removed have been installed already.
 
-        Publishing uses the new brokers at once. A subscription restarts when its definition
-        changed or its broker was replaced; the others go on delivering undisturbed. Before the
-        subscriptions have started nothing restarts: they start from the new definitions.
+        A subscription restarts when its definition changed or its pubsub was swapped; the
+        others go on delivering undisturbed. Before the subscriptions have started nothing
+        restarts: they start from the new definitions.
         """
         async with self._changing:
+            swapped, self._swapped = self._swapped, set()
             before = {s.key: s for s in self.subscriptions()}
-            for name, entry in brokers.items():
-                if entry is None:
-                    self._entries.pop(name, None)
-                else:
-                    self._entries[name] = entry
             self._declared = list(declared)
             after = {s.key: s for s in self.subscriptions()}
             changed = [
                 key
                 for key in sorted(before.keys() | after.keys())
-                if before.get(key) != after.get(key) or key[0] in brokers
+                if before.get(key) != after.get(key) or key[0] in swapped
             ]
             if self._channel is None or self._stopping.is_set():
                 return

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from components.secretstores.base import SecretNotFound, SecretStore
 from runtime import errors
+from runtime.block import BlockContext, LoadedComponent
 from runtime.configuration import SecretScope
 from runtime.resources import ComponentResource, ResourceError, SecretKeyRef
 
@@ -24,6 +25,8 @@ SECRET_STORES = "secretstores"
 
 
 class SecretsBlock:
+    kind: ClassVar[str] = SECRET_STORES
+
     def __init__(
         self,
         stores: Mapping[str, SecretStore],
@@ -34,12 +37,23 @@ class SecretsBlock:
         self._scopes = dict(scopes)
         self.metrics = metrics
 
-    def replace(self, name: str, store: SecretStore) -> None:
-        """Serve ``store`` as ``name`` from the next request on (hot reload)."""
-        self._stores[name] = store
+    @classmethod
+    def create(cls, context: BlockContext) -> SecretsBlock:
+        return cls({}, context.configuration.secret_scopes, context.metrics)
 
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> SecretStore:
+        return cast(SecretStore, component.instance)
+
+    def capabilities(self, entry: SecretStore) -> list[str]:
+        return sorted(str(f) for f in entry.features)
+
+    def install(self, name: str, entry: SecretStore | None) -> None:
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
 
     def _failed(self, store: str, operation: str, exc: Exception) -> None:
         """Count a failure of the store itself; a secret that does not exist is not one."""

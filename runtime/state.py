@@ -7,12 +7,14 @@ concrete store.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
+from components.metadata import MetadataError
 from components.state.base import (
     DeleteOp,
     ETagInvalid,
@@ -27,9 +29,12 @@ from components.state.base import (
 )
 from components.state.query import QueryPage, parse_query
 from runtime import errors
+from runtime.block import BlockContext, ComponentProblem, LoadedComponent
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+
+log = logging.getLogger("pillion")
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # About 317 years: beyond any real use, and an expiry date every store can still compute and keep.
@@ -114,22 +119,44 @@ def check_key(store: str, key: str) -> None:
 
 
 class StateBlock:
+    kind: ClassVar[str] = "state"
+
     def __init__(self, app_id: str, stores: Sequence[StoreEntry], metrics: Metrics | None = None) -> None:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
 
+    @classmethod
+    def create(cls, context: BlockContext) -> StateBlock:
+        return cls(context.app_id, [], context.metrics)
+
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> StoreEntry:
+        name = component.resource.name
+        store = _encrypt_at_rest(component, cast(StateStore, component.instance))
+        try:
+            prefix = key_prefix(str(component.metadata["keyPrefix"]), self.app_id, name)
+        except ValueError as exc:
+            raise ComponentProblem(str(exc)) from None
+        return StoreEntry(name, store, prefix)
+
+    def capabilities(self, entry: StoreEntry) -> list[str]:
+        features = {str(f) for f in entry.store.features}
+        if {"ETAG", "TRANSACTIONAL"} <= features:
+            features.add("ACTOR")
+        return sorted(features)
+
+    def install(self, name: str, entry: StoreEntry | None) -> None:
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
+
     def _failed(self, store: str, operation: str) -> None:
         """Count a failure of the store itself (not of the caller's input or an etag check)."""
         if self.metrics is not None:
             self.metrics.component_error(store, operation)
-
-    def replace(self, entry: StoreEntry) -> None:
-        """Serve ``entry`` under its name from the next request on (hot reload)."""
-        self._stores[entry.name] = entry
-
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
 
     def entry(self, name: str) -> StoreEntry:
         entry = self._stores.get(name)
@@ -260,12 +287,21 @@ class StateBlock:
             result.key = result.key[cut:]
         return page
 
-    @staticmethod
-    def capabilities(store: StateStore) -> list[str]:
-        features = {str(f) for f in store.features}
-        if {"ETAG", "TRANSACTIONAL"} <= features:
-            features.add("ACTOR")
-        return sorted(features)
+
+def _encrypt_at_rest(component: LoadedComponent, store: StateStore) -> StateStore:
+    """The store wrapped with state encryption when primaryEncryptionKey is set."""
+    metadata = component.metadata
+    if not metadata["primaryEncryptionKey"] and not metadata["secondaryEncryptionKey"]:
+        return store
+    from components.state.encryption import EncryptedStateStore, encryption_keys
+
+    resource = component.resource
+    try:
+        primary, secondary = encryption_keys(metadata, {r.field: r.name for r in resource.secret_refs})
+    except MetadataError as exc:
+        raise ComponentProblem(str(exc)) from None
+    log.info("state store %s encrypts values at rest (key %s)", resource.name, primary.name)
+    return EncryptedStateStore(store, primary, secondary)
 
 
 async def _capture(awaitable: object) -> BaseException | None:
