@@ -159,6 +159,8 @@ class StateBlock:
             self.metrics.component_error(store, operation)
 
     def entry(self, name: str) -> StoreEntry:
+        """The store a request works on from start to end (a hot reload may swap the name's
+        entry meanwhile); 500 when no store is configured, else 400 when ``name`` is unknown."""
         entry = self._stores.get(name)
         if entry is not None:
             return entry
@@ -168,8 +170,8 @@ class StateBlock:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def get(self, store: str, key: str) -> StoredItem | None:
-        entry = self.entry(store)
+    async def get(self, entry: StoreEntry, key: str) -> StoredItem | None:
+        store = entry.name
         check_key(store, key)
         try:
             return await entry.store.get(entry.prefix + key)
@@ -177,8 +179,8 @@ class StateBlock:
             self._failed(store, "get")
             raise errors.state_get_failed(store, key, exc) from exc
 
-    async def bulk_get(self, store: str, keys: Sequence[str]) -> list[StoredItem | None]:
-        entry = self.entry(store)
+    async def bulk_get(self, entry: StoreEntry, keys: Sequence[str]) -> list[StoredItem | None]:
+        store = entry.name
         for key in keys:
             check_key(store, key)
         if not keys:
@@ -204,8 +206,8 @@ class StateBlock:
         _check_options(item.concurrency, item.consistency)
         return DeleteOp(prefix + item.key, item.etag or None)
 
-    async def save(self, store: str, items: Sequence[SaveItem]) -> None:
-        entry = self.entry(store)
+    async def save(self, entry: StoreEntry, items: Sequence[SaveItem]) -> None:
+        store = entry.name
         for item in items:
             check_key(store, item.key)
         # Every item is checked before anything is written, so bad input never half-applies.
@@ -228,8 +230,8 @@ class StateBlock:
         self._failed(store, "set")
         raise errors.state_save_failed(store, detail)
 
-    async def delete(self, store: str, item: DeleteItem) -> None:
-        entry = self.entry(store)
+    async def delete(self, entry: StoreEntry, item: DeleteItem) -> None:
+        store = entry.name
         check_key(store, item.key)
         try:
             op = self._delete_op(entry.prefix, item)
@@ -243,15 +245,15 @@ class StateBlock:
                 self._failed(store, "delete")
             raise errors.state_delete_failed(item.key, str(exc)) from exc
 
-    def transactional(self, store: str) -> TransactionalStateStore:
-        entry = self.entry(store)
+    @staticmethod
+    def transactional(entry: StoreEntry) -> TransactionalStateStore:
         if StateFeature.TRANSACTIONAL not in entry.store.features:
-            raise errors.state_transactions_not_supported(store)
+            raise errors.state_transactions_not_supported(entry.name)
         return cast(TransactionalStateStore, entry.store)
 
-    async def transact(self, store: str, ops: Sequence[SaveItem | DeleteItem]) -> None:
-        target = self.transactional(store)
-        prefix = self.entry(store).prefix
+    async def transact(self, entry: StoreEntry, ops: Sequence[SaveItem | DeleteItem]) -> None:
+        store, prefix = entry.name, entry.prefix
+        target = self.transactional(entry)
         for item in ops:
             check_key(store, item.key)
         limit = target.max_operations
@@ -273,8 +275,8 @@ class StateBlock:
 
     # --- query ---------------------------------------------------------------------------------
 
-    async def query(self, store: str, body: bytes) -> QueryPage:
-        entry = self.entry(store)
+    async def query(self, entry: StoreEntry, body: bytes) -> QueryPage:
+        store = entry.name
         if StateFeature.QUERY_API not in entry.store.features:
             raise errors.state_query_not_supported(store)
         try:
