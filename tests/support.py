@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ _port_range = range(
 # Starting at a random place in the block keeps separate pytest runs on one machine (each with its
 # own gw0) from walking the same ports in step.
 _start = random.randrange(len(_port_range))
-_next_port = itertools.cycle([*_port_range[_start:], *_port_range[:_start]])
+_next_port: Iterator[int] = itertools.cycle([*_port_range[_start:], *_port_range[:_start]])
 
 
 def free_port() -> int:
