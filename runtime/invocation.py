@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from runtime.errors import APIError
+from runtime.errors import APIError, direct_invoke_denied, direct_invoke_failed
 from runtime.resiliency import CircuitOpen
 
 if TYPE_CHECKING:
@@ -118,7 +118,9 @@ class LocalApp(Protocol):
 
 
 def invoke_error(app_id: str, detail: str, status: int = 500) -> APIError:
-    return APIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {app_id}, err: {detail}")
+    if status == 403:
+        return direct_invoke_denied(app_id, detail)
+    return direct_invoke_failed(app_id, detail)
 
 
 def split_app_id(target: str, own_namespace: str) -> tuple[str, str]:

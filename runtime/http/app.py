@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import APIError
+from runtime.errors import APIError, internal
 from runtime.http import invoke, pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
@@ -106,7 +106,7 @@ async def _unescape_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(APIError(500, "ERR_INTERNAL", "internal error; see the sidecar log"))
+    return error_response(internal())
 
 
 def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.0") -> BaseRoute:

@@ -16,9 +16,9 @@ from aiohttp.http import SERVER_SOFTWARE
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from runtime.errors import APIError, direct_invoke_missing_app_id
+from runtime.errors import APIError, body_too_large, direct_invoke_failed, direct_invoke_missing_app_id
 from runtime.http.trace_context import SCOPE_KEY
-from runtime.http.wire import error_response, too_large
+from runtime.http.wire import error_response
 from runtime.invocation import Call, forwarded_request_headers, normalize_method
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class _LimitedBody:
             size += len(chunk)
             if size > self.limit:
                 self.exceeded = True
-                raise too_large(self.limit)
+                raise body_too_large(self.limit)
             if chunk:
                 yield chunk
 
@@ -96,14 +96,12 @@ async def invoke(request: Request) -> Response:
         return error_response(exc)
     service: ServiceInvocation | None = request.app.state.sidecar.invocation
     if service is None:
-        return error_response(
-            APIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invocation is starting")
-        )
+        return error_response(direct_invoke_failed(target, "invocation is starting"))
     limit: int = request.app.state.max_body_size
     body: _LimitedBody | None = None
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        return error_response(too_large(limit))
+        return error_response(body_too_large(limit))
     try:
         method = normalize_method(target, raw_method)
         headers = forwarded_request_headers(request.scope["headers"], service.checks_token)
@@ -117,7 +115,7 @@ async def invoke(request: Request) -> Response:
         call = Call(request.method, method, query, headers, body.read if body is not None else None)
         reply = await service.block.invoke(target, call)
     except APIError as exc:
-        return error_response(too_large(limit) if body is not None and body.exceeded else exc)
+        return error_response(body_too_large(limit) if body is not None and body.exceeded else exc)
     response = StreamingResponse(reply.body, status_code=reply.status)
     response.raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
