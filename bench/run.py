@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, lifecycle, pubsub, report, scaling, state
+from bench import charts, invoke, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -63,6 +63,7 @@ SECTIONS: dict[str, Section] = {
     "pubsub.publish": pubsub.publish,
     "pubsub.redis": pubsub.redis,
     "pubsub.jetstream": pubsub.jetstream,
+    "invoke.latency": invoke.latency,
     "scaling": scaling_section,
 }
 

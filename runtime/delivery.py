@@ -34,10 +34,14 @@ from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy
 
 log = logging.getLogger("pillion.pubsub")
 
 DEFAULT_CONCURRENCY = 10
+# Tries per message without a dead-letter topic: daprd hands the failure back to the broker, whose
+# redelivery may lose it; Pillion keeps trying instead (docs/invocation.md).
+_ATTEMPTS_WITHOUT_DEAD_LETTER = 5
 _BACKOFF_MULTIPLIER = 1.5
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Headers the sidecar sets itself; message metadata with these names is not passed on.
@@ -95,13 +99,28 @@ class DeliveryPolicy:
     concurrency: int
 
     @classmethod
-    def resolve(cls, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> DeliveryPolicy:
-        """The component's settings, each overridden by the subscription's metadata when given."""
+    def resolve(
+        cls,
+        defaults: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        dead_letter: bool = False,
+        inbound: Policy | None = None,
+    ) -> DeliveryPolicy:
+        """The component's settings, each overridden by the subscription's metadata when given.
+
+        Without ``deliveryMaxAttempts`` anywhere: a Resiliency inbound retry policy decides, else
+        daprd's default, one try when there is a dead-letter topic (docs/invocation.md).
+        """
         merged = {**defaults, **overrides}
+        if inbound is not None:
+            merged = {**merged, **inbound.delivery_settings(), **overrides}
+        attempts = merged["deliveryMaxAttempts"]
+        if attempts is None:
+            attempts = 1 if dead_letter else _ATTEMPTS_WITHOUT_DEAD_LETTER
         concurrency = merged.get("concurrency")
         timeout = float(merged["deliveryTimeout"])
         return cls(
-            max_attempts=int(merged["deliveryMaxAttempts"]),
+            max_attempts=int(attempts),
             retry_interval=float(merged["deliveryRetryInterval"]),
             max_retry_interval=float(merged["deliveryMaxRetryInterval"]),
             timeout=timeout if timeout > 0 else None,

@@ -157,6 +157,7 @@ class Policy:
         operation: Callable[[], Awaitable[T]],
         failed_code: Callable[[T], int | None] | None = None,
         discard: Callable[[T], Awaitable[None]] | None = None,
+        permanent: tuple[type[BaseException], ...] = (),
     ) -> T:
         """Run ``operation`` under the policy. ``failed_code`` says whether a result is a failure
         (its status code) to retry; the last result is returned even when it failed."""
@@ -167,6 +168,12 @@ class Policy:
             try:
                 result = await self._attempt(operation)
             except (CircuitOpen, asyncio.CancelledError):
+                raise
+            except permanent:
+                # The call was made and answered (an ETag mismatch, ...): final, and no failure
+                # of the target.
+                if self.breaker is not None:
+                    self.breaker.after(True)
                 raise
             except Exception as exc:
                 if self.breaker is not None:
@@ -189,6 +196,21 @@ class Policy:
             if discard is not None:
                 await discard(result)
             await asyncio.sleep(delay)
+
+    def delivery_settings(self) -> dict[str, Any]:
+        """This policy as pub/sub delivery settings (runtime/delivery.py), for an inbound target."""
+        settings: dict[str, Any] = {}
+        if self.timeout is not None:
+            settings["deliveryTimeout"] = self.timeout
+        retry = self.retry
+        if retry is not None:
+            settings["deliveryMaxAttempts"] = -1 if retry.max_retries < 0 else retry.max_retries + 1
+            if retry.policy == "constant":
+                settings["deliveryRetryInterval"] = settings["deliveryMaxRetryInterval"] = retry.duration
+            else:
+                settings["deliveryRetryInterval"] = _EXP_INITIAL
+                settings["deliveryMaxRetryInterval"] = retry.max_interval
+        return settings
 
     async def _attempt(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self.timeout is None:

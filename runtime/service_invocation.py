@@ -26,7 +26,7 @@ from runtime.mtls import (
     pillion_home,
 )
 from runtime.peer import AppForwarder, PeerClient, PeerServer
-from runtime.resiliency import Resiliency, load_resiliency
+from runtime.resiliency import Resiliency
 
 if TYPE_CHECKING:
     from runtime.sidecar import Sidecar
@@ -159,10 +159,7 @@ class ServiceInvocation:
             raise InvocationSetupError(f"name resolution {self.resolver_type}: {exc}") from None
         self.resolver = resolver
         self.client = PeerClient(ssl_client)
-        try:
-            self.resiliency = load_resiliency(sidecar_options.resources_paths, sidecar_options.app_id)
-        except Exception as exc:
-            raise InvocationSetupError(str(exc)) from None
+        self.resiliency = self.sidecar.resiliency
         self._block = InvocationBlock(
             sidecar_options.app_id,
             self.namespace,

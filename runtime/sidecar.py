@@ -24,6 +24,7 @@ from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
 from runtime.metrics import Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
+from runtime.resiliency import Resiliency, load_resiliency
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
 from runtime.secrets import Redactor, SecretsBlock, init_order
@@ -122,6 +123,7 @@ class Sidecar:
         self.channel: AppChannel | None = None
         self._watcher: ResourceWatcher | None = None
         self.invocation: ServiceInvocation | None = None
+        self.resiliency: Resiliency | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class Sidecar:
             self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
             components = load_components(self.options.resources_paths, self.options.app_id)
+            self.resiliency = load_resiliency(self.options.resources_paths, self.options.app_id)
             subscriptions = load_subscriptions(self.options.resources_paths, self.options.app_id)
             try:
                 self.declared_subscriptions = [from_resource(s) for s in subscriptions]
@@ -156,7 +159,9 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
-        context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer)
+        context = BlockContext(
+            self.options.app_id, self.configuration, self.metrics, self.tracer, self.resiliency
+        )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
         # Secret stores start before the components whose secretKeyRefs read from them.
