@@ -52,6 +52,9 @@ BUILTIN_RETRY_INTERVAL = 1.0
 _DOWN_FOR = 5.0
 # How long a name-resolution answer is reused; a failed address drops it at once.
 _RESOLVE_TTL = 1.0
+# Bodies up to this size (with a Content-Length) are passed on whole: one write instead of a
+# stream; larger or chunked ones stream.
+WHOLE_BODY_LIMIT = 64 * 1024
 
 
 class Unavailable(Exception):
@@ -97,6 +100,8 @@ class Reply:
     headers: Headers
     body: AsyncIterator[bytes]
     release: Callable[[], Awaitable[None]] = field(default=_nothing)
+    # The whole body when it was small enough to read at once (then ``body`` yields just it).
+    content: bytes | None = None
 
     async def drain(self) -> None:
         async for _ in self.body:

@@ -23,6 +23,7 @@ from yarl import URL
 
 from runtime.invocation import (
     HOP_BY_HOP,
+    WHOLE_BODY_LIMIT,
     Call,
     Headers,
     PeerRefused,
@@ -45,6 +46,7 @@ _CLIENT_KEEPALIVE = 30.0
 # How long a sidecar or app may take to accept a connection.
 _CONNECT_TIMEOUT = 5.0
 _CHUNK = 64 * 1024
+_SHUTDOWN_GRACE = 2.0
 
 
 def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
@@ -67,8 +69,19 @@ async def _stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         response.release()
 
 
-def _reply(response: aiohttp.ClientResponse) -> Reply:
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
+async def _reply(response: aiohttp.ClientResponse) -> Reply:
     headers = forwarded_response_headers([(k, v) for k, v in response.headers.items()])
+    length = response.content_length
+    if length is not None and length <= WHOLE_BODY_LIMIT and response.method != "HEAD":
+        try:
+            content = await response.read()
+        finally:
+            response.release()
+        return Reply(response.status, headers, _once(content), content=content)
 
     async def release() -> None:
         response.release()
@@ -107,7 +120,7 @@ class PeerClient:
             finally:
                 response.release()
             raise PeerRefused(int(refused) if refused.isdigit() else 500, message)
-        return _reply(response)
+        return await _reply(response)
 
     @staticmethod
     def _check_identity(response: aiohttp.ClientResponse, app_id: str, address: str) -> None:
@@ -155,7 +168,7 @@ class AppForwarder:
             raise PeerRefused(
                 500, f"rpc error: code = Internal desc = error invoking app channel: {exc}"
             ) from None
-        return _reply(response)
+        return await _reply(response)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -183,7 +196,8 @@ class PeerServer:
 
     async def start(self, host: str, port: int) -> int:
         server = web.Server(self._handle, access_log=None)
-        self._runner = web.ServerRunner(server, handle_signals=False)
+        # Calls in flight get a moment to finish at shutdown; idle kept-open connections none.
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_GRACE)
         await self._runner.setup()
         # A socket of our own, so the port picked for port 0 is known.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -228,19 +242,29 @@ class PeerServer:
             if denied is not None:
                 return self._refuse(403, denied)
         headers: Headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_REQUEST]
-        has_body = request.body_exists
-        call = Call(
-            request.method, method, query, headers, (lambda: _iter_request(request)) if has_body else None
-        )
+        call = Call(request.method, method, query, headers)
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length <= WHOLE_BODY_LIMIT:
+                call.buffered = await request.read()
+            else:
+                call.body = lambda: _iter_request(request)
         try:
             reply = await self.app.forward(call)
         except PeerRefused as exc:
             return self._refuse(exc.status, exc.message)
-        response = web.StreamResponse(status=reply.status)
+        response: web.StreamResponse
+        if reply.content is not None:
+            response = web.Response(status=reply.status, body=reply.content)
+        else:
+            response = web.StreamResponse(status=reply.status)
         for name, value in reply.headers:
-            response.headers.add(name, value)
+            if reply.content is None or name.lower() != "content-length":
+                response.headers.add(name, value)
         if "Server" not in response.headers:
             response.headers["Server"] = SERVER_SOFTWARE  # the caller's sidecar drops this value
+        if reply.content is not None:
+            return response
         try:
             await response.prepare(request)
             async for chunk in reply.body:

@@ -15,11 +15,12 @@ from urllib.parse import unquote
 from aiohttp.http import SERVER_SOFTWARE
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from runtime.errors import APIError, body_too_large, direct_invoke_failed, direct_invoke_missing_app_id
 from runtime.http.trace_context import SCOPE_KEY
 from runtime.http.wire import error_response
-from runtime.invocation import Call, forwarded_request_headers, normalize_method
+from runtime.invocation import WHOLE_BODY_LIMIT, Call, Reply, forwarded_request_headers, normalize_method
 
 if TYPE_CHECKING:
     from runtime.service_invocation import ServiceInvocation
@@ -111,16 +112,49 @@ async def invoke(request: Request) -> Response:
             if span.tracestate:
                 headers.append(("tracestate", span.tracestate))
         query = request.scope["query_string"].decode("latin-1")
-        body = _LimitedBody(request, limit) if _has_body(request) else None
-        call = Call(request.method, method, query, headers, body.read if body is not None else None)
+        call = Call(request.method, method, query, headers)
+        if length.isdigit() and int(length) <= WHOLE_BODY_LIMIT:
+            if length != "0":
+                call.buffered = await request.body()
+        elif _has_body(request):
+            body = _LimitedBody(request, limit)
+            call.body = body.read
         reply = await service.block.invoke(target, call)
     except APIError as exc:
         return error_response(body_too_large(limit) if body is not None and body.exceeded else exc)
-    response = StreamingResponse(reply.body, status_code=reply.status)
-    response.raw_headers = [
+    raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in reply.headers
         if name.lower() not in _REPLACED
     ]
-    response.raw_headers = [h for h in response.raw_headers if h != (b"server", _SERVER)]
+    raw_headers = [h for h in raw_headers if h != (b"server", _SERVER)]
+    response: Response
+    if reply.content is not None:
+        response = _Whole(reply.status, raw_headers, reply.content)
+    else:
+        # Streamed: Starlette's response also stops reading the target when the caller goes away.
+        response = StreamingResponse(_released(reply), status_code=reply.status)
+        response.raw_headers = raw_headers
     return response
+
+
+class _Whole(Response):
+    """A small answer, sent as it came (its headers, Content-Length included), in one message."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        self.status_code = status
+        self.raw_headers = raw_headers
+        self.body = content
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def _released(reply: Reply) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in reply.body:
+            yield chunk
+    finally:
+        await reply.release()
