@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import posixpath
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +53,7 @@ BUILTIN_RETRY_INTERVAL = 1.0
 _DOWN_FOR = 5.0
 # How long a name-resolution answer is reused; a failed address drops it at once.
 _RESOLVE_TTL = 1.0
+_BAD_METHOD = re.compile(r"[#?\x00-\x1f\x7f]")
 # Bodies up to this size (with a Content-Length) are passed on whole: one write instead of a
 # stream; larger or chunked ones stream.
 WHOLE_BODY_LIMIT = 64 * 1024
@@ -140,10 +142,10 @@ def split_app_id(target: str, own_namespace: str) -> tuple[str, str]:
 
 def normalize_method(app_id: str, method: str) -> str:
     """The method as the ACL and the app see it: ``..`` resolved, control characters refused."""
-    if any(c in method for c in "#?") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in method):
+    if _BAD_METHOD.search(method):
         raise invoke_error(app_id, f"rpc error: code = InvalidArgument desc = invalid method: {method!r}")
-    if not method:
-        return ""
+    if "." not in method and "//" not in method:
+        return method.lstrip("/")
     cleaned = posixpath.normpath("/" + method).lstrip("/")
     return "" if cleaned == "." else cleaned
 

@@ -47,6 +47,8 @@ _CLIENT_KEEPALIVE = 30.0
 _CONNECT_TIMEOUT = 5.0
 _CHUNK = 64 * 1024
 _SHUTDOWN_GRACE = 2.0
+# Answers that never have a body (RFC 9110 section 6.4.1).
+_NO_BODY = frozenset({*range(100, 200), 204, 304})
 
 
 def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
@@ -76,7 +78,10 @@ async def _once(content: bytes) -> AsyncIterator[bytes]:
 async def _reply(response: aiohttp.ClientResponse) -> Reply:
     headers = forwarded_response_headers([(k, v) for k, v in response.headers.items()])
     length = response.content_length
-    if length is not None and length <= WHOLE_BODY_LIMIT and response.method != "HEAD":
+    if response.status in _NO_BODY or response.method == "HEAD":
+        response.release()
+        return Reply(response.status, headers, _once(b""), content=b"")
+    if length is not None and length <= WHOLE_BODY_LIMIT:
         try:
             content = await response.read()
         finally:
@@ -254,16 +259,18 @@ class PeerServer:
         except PeerRefused as exc:
             return self._refuse(exc.status, exc.message)
         response: web.StreamResponse
-        if reply.content is not None:
+        # A HEAD answer keeps the app's Content-Length, which web.Response would replace.
+        whole = reply.content is not None and request.method != "HEAD"
+        if whole:
             response = web.Response(status=reply.status, body=reply.content)
         else:
             response = web.StreamResponse(status=reply.status)
         for name, value in reply.headers:
-            if reply.content is None or name.lower() != "content-length":
+            if not whole or name.lower() != "content-length":
                 response.headers.add(name, value)
         if "Server" not in response.headers:
             response.headers["Server"] = SERVER_SOFTWARE  # the caller's sidecar drops this value
-        if reply.content is not None:
+        if whole:
             return response
         try:
             await response.prepare(request)

@@ -167,12 +167,14 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
+    # Invocation first: its calls go through the whole app again on the target, and a route
+    # missed costs every request the others' matching.
     routes = (
-        state_routes()
+        invoke_routes()
+        + state_routes()
         + pubsub_routes()
         + runtime_routes()
         + secrets_routes()
-        + invoke_routes()
         + (extra_routes or [])
     )
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
