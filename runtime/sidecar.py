@@ -25,7 +25,7 @@ from components.state.base import StateStore
 from runtime import __version__
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.configuration import Configuration, load_configuration
-from runtime.metrics import Metrics, MetricsServer
+from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import (
@@ -132,6 +132,9 @@ class Sidecar:
         self.extended: dict[str, str] = {}
         self.metrics = Metrics(options.app_id)
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self.metrics.registry.register(InFlightCollector(options.app_id, self._in_flight))
+        # Components skipped at start-up (ignoreErrors) and why: for the dashboard.
+        self.failed_components: list[dict[str, str]] = []
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
         self.tracer = Tracer()
@@ -239,6 +242,8 @@ class Sidecar:
             line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
             if resource.ignore_errors:
                 log.warning("%s (ignored: ignoreErrors is true)", line)
+                failed = {"name": resource.name, "type": resource.type, "version": resource.version or "v1"}
+                self.failed_components.append({**failed, "status": "failed", "reason": line})
                 return None
             raise StartupError(line) from None
         log.info("component %s (%s) is ready", resource.name, resource.type)
@@ -378,6 +383,20 @@ class Sidecar:
             body["subscriptions"] = subscriptions
         return body
 
+    def component_report(self) -> list[dict[str, Any]]:
+        """Every component, loaded or failed (with the reason), for ``pillion dashboard``."""
+        loaded = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                "status": "loaded",
+                "capabilities": c.capabilities,
+            }
+            for c in self.components
+        ]
+        return loaded + self.failed_components
+
     # --- serving -------------------------------------------------------------------------------
 
     def bind(self) -> socket.socket:
@@ -452,6 +471,9 @@ class Sidecar:
             raise StartupError(self._fatal)
 
     # --- observability -------------------------------------------------------------------------
+
+    def _in_flight(self) -> dict[tuple[str, str], int]:
+        return self.pubsub.in_flight()  # the block is replaced when components start
 
     def _app_pid(self) -> int | None:
         # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.

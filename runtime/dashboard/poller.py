@@ -1,0 +1,263 @@
+"""What the dashboard knows about the sidecars: found in the run-dir registry (as ``pillion
+status`` finds them), asked every refresh interval for their metadata, components, health and
+metrics, with a few minutes of CPU and memory history kept per sidecar.
+
+A sidecar whose registration is gone (it stopped, or died and its file was cleared) leaves the
+snapshot at the next refresh; one that registers joins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime import status
+
+log = logging.getLogger("pillion.dashboard")
+# Minutes of CPU and memory shown in the charts.
+HISTORY_SECONDS = 600.0
+# A sidecar must answer within this; a slower one shows as not answering until it does.
+CALL_TIMEOUT = 2.0
+_COUNTERS = {
+    "pillion_http_server_requests_total": "requests",
+    "pillion_pubsub_published_total": "published",
+    "pillion_pubsub_delivered_total": "delivered",
+    "pillion_pubsub_retried_total": "retried",
+    "pillion_pubsub_dead_lettered_total": "deadLettered",
+}
+_PROCESS = {
+    ("pillion_process_cpu_seconds_total", "sidecar"): "sidecarCpu",
+    ("pillion_process_cpu_seconds_total", "app"): "appCpu",
+    ("pillion_process_resident_memory_bytes", "sidecar"): "sidecarRss",
+    ("pillion_process_resident_memory_bytes", "app"): "appRss",
+}
+
+
+@dataclass
+class Metrics:
+    counters: dict[str, float] = field(default_factory=dict)
+    process: dict[str, float] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def parse_metrics(text: str, app_id: str) -> Metrics:
+    found = Metrics(counters=dict.fromkeys(_COUNTERS.values(), 0.0))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("app_id") != app_id:
+                continue  # another sidecar took the metrics port this one asked for
+            counter = _COUNTERS.get(sample.name)
+            if counter is not None:
+                found.counters[counter] += sample.value
+            elif sample.name == "pillion_pubsub_in_flight":
+                found.in_flight[(labels.get("pubsub", ""), labels.get("topic", ""))] = sample.value
+            else:
+                key = _PROCESS.get((sample.name, labels.get("process", "")))
+                if key is not None:
+                    found.process[key] = sample.value
+    return found
+
+
+@dataclass
+class Sample:
+    seq: int
+    at: float
+    process: dict[str, float]
+
+
+@dataclass
+class Watched:
+    """One sidecar as last seen, with its history."""
+
+    entry: status.Registration
+    samples: deque[Sample]
+    view: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return str(self.entry.pid)
+
+
+def _base_url(entry: status.Registration) -> str:
+    host = "127.0.0.1" if entry.host in ("0.0.0.0", "::", "") else entry.host
+    return f"http://{'[' + host + ']' if ':' in host else host}:{entry.http_port}"
+
+
+def _rate(samples: deque[Sample], name: str) -> list[float | None]:
+    """CPU seconds per second (1.0 is one core busy), between consecutive samples."""
+    rates: list[float | None] = [None]
+    for before, after in zip(samples, list(samples)[1:], strict=False):
+        a, b = before.process.get(name), after.process.get(name)
+        span = after.at - before.at
+        rates.append(None if a is None or b is None or span <= 0 else max(0.0, (b - a) / span))
+    return rates
+
+
+class Poller:
+    def __init__(self, interval: float, token: str | None) -> None:
+        self.interval = interval
+        self.token = token
+        self.seq = 0
+        self._watched: dict[int, Watched] = {}
+        self._changed = asyncio.Condition()
+        headers = {"dapr-api-token": token} if token else {}
+        self.client = httpx.AsyncClient(headers=headers, timeout=CALL_TIMEOUT)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def sidecar_url(self, pid: int) -> str | None:
+        watched = self._watched.get(pid)
+        return None if watched is None else _base_url(watched.entry)
+
+    # --- polling ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("refreshing the sidecars failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def poll_once(self) -> None:
+        entries = await asyncio.to_thread(status.running)
+        current = {entry.pid: entry for entry in entries}
+        for pid in list(self._watched):
+            if pid not in current or current[pid].started != self._watched[pid].entry.started:
+                del self._watched[pid]
+        history = max(2, int(HISTORY_SECONDS / self.interval) + 1)
+        for pid, entry in current.items():
+            if pid not in self._watched:
+                self._watched[pid] = Watched(entry, deque(maxlen=history))
+        self.seq += 1
+        await asyncio.gather(*(self._refresh(w, self.seq) for w in list(self._watched.values())))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _get(self, url: str) -> httpx.Response | None:
+        try:
+            return await self.client.get(url)
+        except httpx.HTTPError:
+            return None
+
+    async def _refresh(self, watched: Watched, seq: int) -> None:
+        entry = watched.entry
+        base = _base_url(entry)
+        calls = [
+            self._get(f"{base}/v1.0/metadata"),
+            self._get(f"{base}/v1.0-alpha1/pillion/components"),
+            self._get(f"{base}/v1.0/healthz"),
+        ]
+        if entry.metrics_port is not None:
+            calls.append(self._get(f"http://127.0.0.1:{entry.metrics_port}/metrics"))
+        answers = await asyncio.gather(*calls)
+        metadata_answer, components_answer, health_answer = answers[:3]
+        metrics_answer = answers[3] if len(answers) > 3 else None
+        metadata = _json(metadata_answer)
+        metrics = Metrics()
+        if metrics_answer is not None and metrics_answer.status_code == 200:
+            try:
+                metrics = parse_metrics(metrics_answer.text, entry.app_id)
+            except ValueError:
+                log.warning("sidecar %s (pid %d) served metrics that do not parse", entry.app_id, entry.pid)
+        if metrics.process:
+            watched.samples.append(Sample(seq, time.time(), metrics.process))
+        watched.view = self._view(watched, metadata, _json(components_answer), health_answer, metrics)
+
+    def _view(
+        self,
+        watched: Watched,
+        metadata: dict[str, Any] | None,
+        components: dict[str, Any] | None,
+        health: httpx.Response | None,
+        metrics: Metrics,
+    ) -> dict[str, Any]:
+        entry = watched.entry
+        if health is None:
+            shown_health = "not answering"
+        elif health.status_code == 204:
+            shown_health = "ready"
+        elif health.status_code == 401:
+            shown_health = "API token refused"
+        else:
+            shown_health = str(
+                (_json(health, any_status=True) or {}).get("message") or f"HTTP {health.status_code}"
+            )
+        metadata = metadata or {}
+        app = metadata.get("appConnectionProperties") or {}
+        subscriptions = []
+        for subscription in metadata.get("subscriptions") or []:
+            key = (subscription.get("pubsubname", ""), subscription.get("topic", ""))
+            in_flight = metrics.in_flight.get(key)
+            subscriptions.append({**subscription, "inFlight": None if in_flight is None else int(in_flight)})
+        listed = (components or {}).get("components")
+        if listed is None:
+            # An older sidecar, or the admin API switched off: what metadata says is loaded.
+            listed = [{**c, "status": "loaded"} for c in metadata.get("components") or []]
+        return {
+            "key": watched.key,
+            "appId": entry.app_id,
+            "pid": entry.pid,
+            "httpPort": entry.http_port,
+            "metricsPort": entry.metrics_port,
+            "appPort": app.get("port"),
+            "started": entry.started,
+            "version": entry.version,
+            "health": shown_health,
+            "appHealth": (metadata.get("extended") or {}).get("appHealth"),
+            **{name: metrics.counters.get(name) for name in _COUNTERS.values()},
+            "components": listed,
+            "subscriptions": subscriptions,
+        }
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def wait_after(self, seq: int, seconds: float) -> None:
+        """Return once a refresh newer than ``seq`` is done, or after ``seconds``."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.seq > seq), seconds)
+
+    def snapshot(self, since: int) -> dict[str, Any]:
+        """Every sidecar's view; the CPU and memory samples newer than refresh ``since``."""
+        apps = []
+        for watched in sorted(self._watched.values(), key=lambda w: (w.entry.app_id, w.entry.pid)):
+            if not watched.view:
+                continue
+            samples = watched.samples
+            sidecar_cpu, app_cpu = _rate(samples, "sidecarCpu"), _rate(samples, "appCpu")
+            points = [
+                [
+                    s.seq,
+                    round(s.at, 3),
+                    sidecar_cpu[i],
+                    s.process.get("sidecarRss"),
+                    app_cpu[i],
+                    s.process.get("appRss"),
+                ]
+                for i, s in enumerate(samples)
+                if s.seq > since
+            ]
+            apps.append({**watched.view, "samples": points})
+        return {"seq": self.seq, "time": time.time(), "interval": self.interval, "apps": apps}
+
+
+def _json(response: httpx.Response | None, any_status: bool = False) -> dict[str, Any] | None:
+    if response is None or (response.status_code != 200 and not any_status):
+        return None
+    try:
+        value = response.json()
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
