@@ -150,6 +150,12 @@ function renderSubscriptions(app) {
 
 // --- charts ----------------------------------------------------------------------------------
 
+// The time shown: the history there is, from one minute up to WINDOW_SECONDS.
+function span(series, now) {
+  const first = Math.min(now, ...series.flatMap((s) => s.points.map((p) => p[0])));
+  return Math.min(WINDOW_SECONDS, Math.max(60, now - first));
+}
+
 function drawChart(canvas, now, series, unit) {
   const ctx = canvas.getContext("2d");
   const { width, height } = canvas;
@@ -159,7 +165,8 @@ function drawChart(canvas, now, series, unit) {
   let max = Math.max(1, ...values) * 1.15;
   const magnitude = 10 ** Math.floor(Math.log10(max));
   max = Math.ceil(max / magnitude) * magnitude;
-  const x = (t) => left + (width - left - right) * (1 - (now - t) / WINDOW_SECONDS);
+  const shown = span(series, now);
+  const x = (t) => left + (width - left - right) * (1 - (now - t) / shown);
   const y = (v) => height - bottom - (height - bottom - top) * (v / max);
   ctx.font = "11px system-ui, sans-serif";
   ctx.strokeStyle = "#d0d7de";
@@ -170,8 +177,10 @@ function drawChart(canvas, now, series, unit) {
     ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(width - right, y(v)); ctx.stroke();
     ctx.fillText(v >= 10 ? v.toFixed(0) : v.toFixed(1), 4, y(v) + 4);
   }
-  for (let minutes = 0; minutes <= WINDOW_SECONDS / 60; minutes += 2) {
-    ctx.fillText(minutes ? `-${minutes}m` : "now", x(now - minutes * 60) - (minutes ? 12 : 22), height - 5);
+  const step = shown > 300 ? 120 : shown > 120 ? 60 : 15;
+  for (let ago = 0; ago <= shown; ago += step) {
+    const label = ago === 0 ? "now" : ago % 60 ? `-${ago}s` : `-${ago / 60}m`;
+    ctx.fillText(label, x(now - ago) - (ago ? 12 : 22), height - 5);
   }
   for (const s of series) {
     ctx.strokeStyle = s.color;
@@ -179,7 +188,7 @@ function drawChart(canvas, now, series, unit) {
     ctx.beginPath();
     let drawing = false;
     for (const [t, v] of s.points) {
-      if (v === null || now - t > WINDOW_SECONDS) { drawing = false; continue; }
+      if (v === null || now - t > shown) { drawing = false; continue; }
       if (drawing) ctx.lineTo(x(t), y(v)); else ctx.moveTo(x(t), y(v));
       drawing = true;
     }
@@ -189,7 +198,8 @@ function drawChart(canvas, now, series, unit) {
     const last = [...s.points].reverse().find((p) => p[1] !== null);
     return `${s.name} ${last ? last[1].toFixed(1) : "–"} ${unit}`;
   });
-  canvas.setAttribute("aria-label", `${canvas.dataset.title}, last 10 minutes; now ${latest.join(", ")}`);
+  const minutes = Math.round(shown / 60);
+  canvas.setAttribute("aria-label", `${canvas.dataset.title}, last ${minutes} minute(s); now ${latest.join(", ")}`);
   return latest.join(", ");
 }
 
