@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def measure(workdir: Path, count: int, seconds: float, changes: int) -> dict[str
             with target.client() as client:
                 for _ in range(changes):
                     before = next(a for a in page.latest["apps"] if a["pid"] == target.proc.pid)["published"]
-                    time.sleep(0.37)  # not in step with the refresh
+                    time.sleep(random.uniform(0.0, 1.0))  # at any point of the refresh cycle
                     if client.post("/v1.0/publish/pubsub/bench", json={"n": 1}).status_code != 204:
                         raise BenchError("publishing to the watched sidecar failed")
                     published = time.monotonic()

@@ -26,6 +26,8 @@ log = logging.getLogger("pillion.dashboard")
 HISTORY_SECONDS = 600.0
 # A sidecar must answer within this; a slower one shows as not answering until it does.
 CALL_TIMEOUT = 2.0
+# Refreshes between two requests for the component list (failures happen at start-up).
+COMPONENTS_EVERY = 10
 _COUNTERS = {
     "pillion_http_server_requests_total": "requests",
     "pillion_pubsub_published_total": "published",
@@ -81,6 +83,9 @@ class Watched:
     entry: status.Registration
     samples: deque[Sample]
     view: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    components: dict[str, Any] | None = None
+    refreshes: int = 0
 
     @property
     def key(self) -> str:
@@ -122,26 +127,55 @@ class Poller:
     # --- polling ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("refreshing the sidecars failed")
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        """Follow the registry; each sidecar is refreshed by a task of its own, so one that is
+        slow to answer never holds up the others."""
+        try:
+            while True:
+                try:
+                    await self._follow_registry()
+                except Exception:
+                    log.exception("reading the sidecar registry failed")
+                await asyncio.sleep(self.interval)
+        finally:
+            tasks = [w.task for w in self._watched.values() if w.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def poll_once(self) -> None:
+    async def _follow_registry(self) -> None:
         entries = await asyncio.to_thread(status.running)
         current = {entry.pid: entry for entry in entries}
-        for pid in list(self._watched):
-            if pid not in current or current[pid].started != self._watched[pid].entry.started:
-                del self._watched[pid]
+        gone = [
+            pid
+            for pid, watched in self._watched.items()
+            if pid not in current or current[pid].started != watched.entry.started
+        ]
+        for pid in gone:
+            watched = self._watched.pop(pid)
+            if watched.task is not None:
+                watched.task.cancel()
         history = max(2, int(HISTORY_SECONDS / self.interval) + 1)
         for pid, entry in current.items():
             if pid not in self._watched:
-                self._watched[pid] = Watched(entry, deque(maxlen=history))
+                watched = Watched(entry, deque(maxlen=history))
+                watched.task = asyncio.create_task(self._follow(watched))
+                self._watched[pid] = watched
+        if gone:
+            await self._changed_now()
+
+    async def _follow(self, watched: Watched) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._refresh(watched)
+            except Exception:
+                log.exception(
+                    "refreshing sidecar %s (pid %d) failed", watched.entry.app_id, watched.entry.pid
+                )
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def _changed_now(self) -> None:
         self.seq += 1
-        await asyncio.gather(*(self._refresh(w, self.seq) for w in list(self._watched.values())))
         async with self._changed:
             self._changed.notify_all()
 
@@ -151,19 +185,22 @@ class Poller:
         except httpx.HTTPError:
             return None
 
-    async def _refresh(self, watched: Watched, seq: int) -> None:
+    async def _refresh(self, watched: Watched) -> None:
         entry = watched.entry
         base = _base_url(entry)
-        calls = [
-            self._get(f"{base}/v1.0/metadata"),
-            self._get(f"{base}/v1.0-alpha1/pillion/components"),
-            self._get(f"{base}/v1.0/healthz"),
-        ]
+        calls = [self._get(f"{base}/v1.0/metadata"), self._get(f"{base}/v1.0/healthz")]
         if entry.metrics_port is not None:
             calls.append(self._get(f"http://127.0.0.1:{entry.metrics_port}/metrics"))
+        # Failed components are known once the sidecar serves, so they are asked for now and then.
+        ask_components = watched.refreshes % COMPONENTS_EVERY == 0 or watched.components is None
+        if ask_components:
+            calls.append(self._get(f"{base}/v1.0-alpha1/pillion/components"))
         answers = await asyncio.gather(*calls)
-        metadata_answer, components_answer, health_answer = answers[:3]
-        metrics_answer = answers[3] if len(answers) > 3 else None
+        watched.refreshes += 1
+        metadata_answer, health_answer = answers[:2]
+        metrics_answer = answers[2] if entry.metrics_port is not None else None
+        if ask_components:
+            watched.components = _json(answers[-1])
         metadata = _json(metadata_answer)
         metrics = Metrics()
         if metrics_answer is not None and metrics_answer.status_code == 200:
@@ -171,9 +208,12 @@ class Poller:
                 metrics = parse_metrics(metrics_answer.text, entry.app_id)
             except ValueError:
                 log.warning("sidecar %s (pid %d) served metrics that do not parse", entry.app_id, entry.pid)
+        if watched.task is None or self._watched.get(entry.pid) is not watched:
+            return  # it left the registry meanwhile
         if metrics.process:
-            watched.samples.append(Sample(seq, time.time(), metrics.process))
-        watched.view = self._view(watched, metadata, _json(components_answer), health_answer, metrics)
+            watched.samples.append(Sample(self.seq + 1, time.time(), metrics.process))
+        watched.view = self._view(watched, metadata, watched.components, health_answer, metrics)
+        await self._changed_now()
 
     def _view(
         self,

@@ -37,6 +37,7 @@ log = logging.getLogger("pillion.dashboard")
 STATIC = Path(__file__).parent / "static"
 # How long the page's request for a newer snapshot may wait for one.
 LONG_POLL_SECONDS = 10.0
+GATHER_SECONDS = 0.2
 # Replaying many messages takes a while; the page waits for the sidecar's answer.
 ADMIN_TIMEOUT = 60.0
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -100,6 +101,8 @@ def create_app(poller: Poller, options: DashboardOptions) -> ASGIApp:
         since = int(text) if text.isdigit() else 0
         if request.query_params.get("wait") == "1" and since >= poller.seq:
             await poller.wait_after(since, LONG_POLL_SECONDS)
+            # Sidecars refreshed at about the same moment go into one snapshot.
+            await asyncio.sleep(GATHER_SECONDS)
         body = poller.snapshot(since)
         body["readOnly"] = options.read_only
         return JSONResponse(body, headers={"cache-control": "no-store"})
