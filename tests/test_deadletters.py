@@ -164,3 +164,37 @@ def test_a_broker_that_cannot_list_says_so_and_failed_components_show(
             assert failed["type"] == "state.redis" and "init failed" in failed["reason"]
     finally:
         app.stop()
+
+
+def test_a_replay_whose_republish_fails_keeps_the_message(tmp_path: Path, redis_url: str) -> None:
+    import redis
+
+    topic, dead = unique("orders"), unique("orders-dead")
+    app = SubscriberApp(
+        [{"pubsubname": "pubsub", "topic": topic, "route": "/orders", "deadLetterTopic": dead}], Switch()
+    )
+    resources = {"pubsub.yaml": BROKERS["redis"]("pubsub", tmp_path, redis_url, FAST_RETRIES)}
+    app.start()
+    backend = redis.Redis.from_url(redis_url)
+    try:
+        with running(tmp_path, app, resources) as sidecar, sidecar.client() as client:
+            assert client.post(f"/v1.0/publish/pubsub/{topic}", json={"n": 1}).status_code == 204
+            for _ in range(100):
+                if listed(client, dead):
+                    break
+                time.sleep(0.1)
+            [letter] = listed(client, dead)
+            # The original topic's key is no stream any more: XADD there fails.
+            backend.delete(topic)
+            backend.set(topic, "not a stream")
+            failed = client.post(f"{ADMIN}/pubsub/{dead}/replay", json={"all": True})
+            assert failed.status_code == 500, failed.text
+            body = failed.json()
+            assert body["errorCode"] == "ERR_DEADLETTERS_REPLAY" and body["done"] == []
+            assert letter["id"] in body["message"] and topic in body["message"]
+            assert [m["id"] for m in listed(client, dead)] == [letter["id"]]
+            assert backend.xlen(dead) == 1
+    finally:
+        backend.delete(topic, dead)
+        backend.close()
+        app.stop()

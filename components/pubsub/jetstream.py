@@ -499,7 +499,9 @@ class JetStreamPubSub:
 
     async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
         stream = await self._stored_in(topic)
-        if stream is None or not message_id.isdigit() or int(message_id) < 1:
+        if stream is None or not (message_id.isascii() and message_id.isdigit()):
+            return None
+        if not 1 <= int(message_id) < 2**64:  # a stream sequence is a uint64
             return None
         return await self._stream_message(stream, topic, int(message_id), following=False)
 

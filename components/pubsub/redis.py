@@ -106,7 +106,12 @@ _STREAM_FIELDS = MetadataSchema(
 )
 
 
-_ENTRY_ID = re.compile(r"^[0-9]+-[0-9]+$")
+_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def _entry_id(text: str) -> bool:
+    """Whether ``text`` can be a stream entry id (two 64-bit numbers)."""
+    return bool(_ENTRY_ID.match(text)) and all(int(part) < 2**64 for part in text.split("-"))
 
 
 def _fields_message(fields: dict[Any, Any], describe: str, pubsub: str) -> tuple[bytes, dict[str, str]]:
@@ -231,13 +236,13 @@ class RedisPubSub:
         return await self._range(topic, "-", "+", limit)
 
     async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
-        if not _ENTRY_ID.match(message_id):
+        if not _entry_id(message_id):
             return None
         found = await self._range(topic, message_id, message_id, None)
         return found[0] if found else None
 
     async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
-        valid = [m for m in message_ids if _ENTRY_ID.match(m)]
+        valid = [m for m in message_ids if _entry_id(m)]
         return int(await self._redis().xdel(topic, *valid)) if valid else 0
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> StreamSubscription:

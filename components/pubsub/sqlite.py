@@ -294,12 +294,13 @@ class SQLitePubSub:
         return await self._database.run(self._retained_sync, topic, limit)
 
     async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
-        if not message_id.isdigit():
+        number = _row_id(message_id)
+        if number is None:
             return None
-        return await self._database.run(self._retained_one_sync, topic, int(message_id))
+        return await self._database.run(self._retained_one_sync, topic, number)
 
     async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
-        numbers = [int(m) for m in message_ids if m.isdigit()]
+        numbers = [n for n in map(_row_id, message_ids) if n is not None]
         return await self._database.run(self._delete_retained_sync, topic, numbers) if numbers else 0
 
     # --- subscribe ----------------------------------------------------------------------------
@@ -438,6 +439,11 @@ class SQLitePubSub:
         await sweep_forever(
             lambda: self._database.run(self._sweep_sync), self._cleanup_every, "expired messages", log
         )
+
+
+def _row_id(text: str) -> int | None:
+    """A message id as listed (a row id), or None for text that cannot be one."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**63 else None
 
 
 class _Subscription:

@@ -163,6 +163,8 @@ async def serve(options: DashboardOptions) -> None:
         access_log=False,
         server_header=False,
         lifespan="on",
+        # A page's long poll must not hold up stopping.
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     shown = f"[{options.address}]" if ":" in options.address else options.address

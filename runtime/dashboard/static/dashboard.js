@@ -156,15 +156,19 @@ function span(series, now) {
   return Math.min(WINDOW_SECONDS, Math.max(60, now - first));
 }
 
+// The grid step: 1, 2, 2.5 or 5 times a power of ten, at least ``raw``.
+function niceStep(raw) {
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 2.5, 5, 10].map((f) => f * magnitude).find((step) => step >= raw);
+}
+
 function drawChart(canvas, now, series, unit) {
   const ctx = canvas.getContext("2d");
   const { width, height } = canvas;
   const left = 44, bottom = 20, top = 8, right = 8;
   ctx.clearRect(0, 0, width, height);
   const values = series.flatMap((s) => s.points.map((p) => p[1])).filter((v) => v !== null);
-  let max = Math.max(1, ...values) * 1.15;
-  const magnitude = 10 ** Math.floor(Math.log10(max));
-  max = Math.ceil(max / magnitude) * magnitude;
+  const max = 4 * niceStep((Math.max(1, ...values) * 1.1) / 4);
   const shown = span(series, now);
   const x = (t) => left + (width - left - right) * (1 - (now - t) / shown);
   const y = (v) => height - bottom - (height - bottom - top) * (v / max);
@@ -175,7 +179,7 @@ function drawChart(canvas, now, series, unit) {
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
     ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(width - right, y(v)); ctx.stroke();
-    ctx.fillText(v >= 10 ? v.toFixed(0) : v.toFixed(1), 4, y(v) + 4);
+    ctx.fillText(String(Number(v.toFixed(1))), 4, y(v) + 4);
   }
   const step = shown > 300 ? 120 : shown > 120 ? 60 : 15;
   for (let ago = 0; ago <= shown; ago += step) {
