@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from components.pubsub.base import Message, PubSubFeature, RetainedMessage, RetainedMessages
+from runtime import errors
 from runtime.errors import APIError
 
 if TYPE_CHECKING:
@@ -123,10 +124,6 @@ class DeadLetter:
         return shown
 
 
-def _error(status: int, code: str, message: str) -> APIError:
-    return APIError(status, code, message)
-
-
 @dataclass
 class Outcome:
     """What a replay or purge did: the ids done, and the first failure that stopped it."""
@@ -136,10 +133,7 @@ class Outcome:
     error: str = ""
 
     def describe(self) -> dict[str, Any]:
-        shown: dict[str, Any] = {"done": self.done, "missing": self.missing}
-        if self.error:
-            shown = {"errorCode": "ERR_DEADLETTERS_REPLAY", "message": self.error, **shown}
-        return shown
+        return {"done": self.done, "missing": self.missing}
 
 
 class DeadLetters:
@@ -148,16 +142,9 @@ class DeadLetters:
     def __init__(self, pubsub: PubSubBlock, pubsub_name: str, topic: str) -> None:
         entry = pubsub.broker(pubsub_name)
         if entry is None:
-            raise _error(404, "ERR_PUBSUB_NOT_FOUND", f"pubsub {pubsub_name} is not found")
+            raise errors.pubsub_not_found(pubsub_name, {})
         if PubSubFeature.RETAINED_MESSAGES not in entry.broker.features:
-            raise _error(
-                400,
-                "ERR_DEADLETTERS_NOT_SUPPORTED",
-                f"pubsub {pubsub_name} cannot list the messages a topic holds; dead letters can be "
-                "inspected on pubsub.sqlite, pubsub.redis and pubsub.jetstream (docs/dashboard.md)",
-            )
-        if not topic:
-            raise _error(400, "ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub_name}")
+            raise errors.deadletters_not_supported(pubsub_name)
         self.entry: BrokerEntry = entry
         self.topic = topic
         self._store = cast(RetainedMessages, entry.broker)
@@ -169,11 +156,7 @@ class DeadLetters:
             raise
         except Exception as exc:
             problem = str(exc) or type(exc).__name__
-            raise _error(
-                500,
-                "ERR_DEADLETTERS",
-                f"{what} on topic {self.topic} in pubsub {self.entry.name} failed: {problem}",
-            ) from None
+            raise errors.deadletters_failed(self.entry.name, self.topic, what, problem) from None
 
     async def listed(self, limit: int = PAGE) -> list[DeadLetter]:
         found = await self._call("listing messages", self._store.retained(self.topic, min(limit, MAX_LIST)))
@@ -182,9 +165,7 @@ class DeadLetters:
     async def get(self, message_id: str) -> DeadLetter:
         found = await self._call("reading a message", self._store.retained_message(self.topic, message_id))
         if found is None:
-            raise _error(
-                404, "ERR_DEADLETTER_NOT_FOUND", f"message {message_id} is not on topic {self.topic}"
-            )
+            raise errors.deadletter_not_found(self.topic, message_id)
         return DeadLetter(found)
 
     async def _chosen(self, ids: Sequence[str] | None, missing: list[str]) -> list[DeadLetter]:

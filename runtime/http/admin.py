@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime import errors
 from runtime.deadletters import MAX_LIST, PAGE, DeadLetters
 from runtime.errors import malformed
 from runtime.http.wire import decode_json, field, json_response, path_param, read_body
@@ -76,8 +77,12 @@ async def _chosen_ids(request: Request) -> list[str] | None:
 async def replay_dead_letters(request: Request) -> Response:
     letters = _letters(request)
     outcome = await letters.replay(await _chosen_ids(request))
-    # A failure is a Dapr-style error that also says which messages had moved before it.
-    return json_response(outcome.describe(), status=500 if outcome.error else 200)
+    if not outcome.error:
+        return json_response(outcome.describe())
+    # A Dapr-style error that also says which messages had moved before it.
+    error = errors.deadletters_replay_failed(outcome.error)
+    body = {"errorCode": str(error.code), "message": error.message, **outcome.describe()}
+    return json_response(body, status=error.status)
 
 
 async def purge_dead_letters(request: Request) -> Response:

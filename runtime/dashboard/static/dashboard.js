@@ -290,18 +290,20 @@ function confirmed(text) {
 
 async function change(action, choice, question) {
   if (state.readOnly || !(await confirmed(question))) return;
-  const result = $("letters-result");
+  let said;
   try {
     const answer = await api(lettersPath(`/${action}`), { method: "POST", body: JSON.stringify(choice) });
     const verb = action === "replay" ? "Replayed" : "Purged";
-    result.textContent = `${verb} ${answer.done.length} message(s)` +
+    said = `${verb} ${answer.done.length} message(s)` +
       (answer.missing.length ? `; not found: ${answer.missing.join(", ")}` : "") + ".";
   } catch (error) {
     const done = error.body && error.body.done ? ` (${error.body.done.length} done before it)` : "";
-    result.textContent = `${action} failed: ${error.message}${done}`;
+    said = `${action} failed: ${error.message}${done}`;
   }
   $("letter").hidden = true;
   await loadLetters();
+  // Announced once the list shows what it did.
+  $("letters-result").textContent = said;
   $("refresh-letters").focus();
 }
 
