@@ -338,3 +338,48 @@ def test_remote_access_must_be_asked_for(tmp_path: Path) -> None:
         check=False,
     )
     assert refused.returncode == 1 and "--allow-remote-access" in refused.stderr
+
+
+def test_the_page_asks_for_the_token_and_read_only_disables_changes(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    run_dir = tmp_path / "run"
+    token = "page-secret"
+    app = SubscriberApp(
+        [{"pubsubname": "pubsub", "topic": "orders", "route": "/orders", "deadLetterTopic": "orders-dead"}]
+    ).start()
+    sidecar = start_sidecar(
+        tmp_path / "app",
+        app_id="guarded",
+        resources={"pubsub.yaml": BROKERS["sqlite"]("pubsub", tmp_path, "", {})},
+        extra_args=["--app-port", str(app.port)],
+        env={"PILLION_RUN_DIR": str(run_dir), "DAPR_API_TOKEN": token},
+        wait_path="/v1.0/healthz/outbound",
+    )
+    dashboard, url = start_dashboard(tmp_path, run_dir, "--read-only", env={"DAPR_API_TOKEN": token})
+    try:
+        browser.get(url + "/")
+        field = eventually(
+            lambda: (
+                browser.find_element(By.ID, "token-input").is_displayed()
+                and browser.find_element(By.ID, "token-input")
+            ),
+            what="the token form",
+        )
+        assert browser.find_element(By.CSS_SELECTOR, "label[for='token-input']").text == "API token"
+        field.send_keys(token, Keys.ENTER)
+        eventually(lambda: "guarded" in text_of(browser, "#apps tbody"), 15, "the app after the token")
+        assert "read-only" in text_of(browser, "#status")
+        eventually(
+            lambda: browser.find_elements(By.CSS_SELECTOR, "#subscriptions button"), what="the subscription"
+        )
+        browser.find_element(By.CSS_SELECTOR, "#subscriptions button").click()
+        eventually(lambda: "read-only" in text_of(browser, "#dead-letters-note"), what="the read-only note")
+        assert not browser.find_element(By.ID, "replay-all").is_enabled()
+        assert not browser.find_element(By.ID, "purge-all").is_enabled()
+        assert browser.find_element(By.ID, "refresh-letters").is_enabled()
+    finally:
+        stop(dashboard)
+        sidecar.stop()
+        app.stop()
