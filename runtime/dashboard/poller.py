@@ -71,9 +71,32 @@ def parse_metrics(text: str, app_id: str) -> Metrics:
 
 @dataclass
 class Sample:
+    """One point of the charts: [refresh seq, time, sidecar CPU, sidecar RSS, app CPU, app RSS],
+    CPU in cores busy since the previous sample (None for the first, or when not measured)."""
+
     seq: int
     at: float
     process: dict[str, float]
+    point: list[Any] = field(default_factory=list)
+
+    def follow(self, previous: Sample | None) -> Sample:
+        def rate(name: str) -> float | None:
+            if previous is None or self.at <= previous.at:
+                return None
+            before, now = previous.process.get(name), self.process.get(name)
+            return (
+                None if before is None or now is None else max(0.0, (now - before) / (self.at - previous.at))
+            )
+
+        self.point = [
+            self.seq,
+            round(self.at, 3),
+            rate("sidecarCpu"),
+            self.process.get("sidecarRss"),
+            rate("appCpu"),
+            self.process.get("appRss"),
+        ]
+        return self
 
 
 @dataclass
@@ -97,20 +120,9 @@ def _base_url(entry: status.Registration) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{entry.http_port}"
 
 
-def _rate(samples: deque[Sample], name: str) -> list[float | None]:
-    """CPU seconds per second (1.0 is one core busy), between consecutive samples."""
-    rates: list[float | None] = [None]
-    for before, after in zip(samples, list(samples)[1:], strict=False):
-        a, b = before.process.get(name), after.process.get(name)
-        span = after.at - before.at
-        rates.append(None if a is None or b is None or span <= 0 else max(0.0, (b - a) / span))
-    return rates
-
-
 class Poller:
     def __init__(self, interval: float, token: str | None) -> None:
         self.interval = interval
-        self.token = token
         self.seq = 0
         self._watched: dict[int, Watched] = {}
         self._changed = asyncio.Condition()
@@ -211,7 +223,8 @@ class Poller:
         if watched.task is None or self._watched.get(entry.pid) is not watched:
             return  # it left the registry meanwhile
         if metrics.process:
-            watched.samples.append(Sample(self.seq + 1, time.time(), metrics.process))
+            previous = watched.samples[-1] if watched.samples else None
+            watched.samples.append(Sample(self.seq + 1, time.time(), metrics.process).follow(previous))
         watched.view = self._view(watched, metadata, watched.components, health_answer, metrics)
         await self._changed_now()
 
@@ -275,20 +288,7 @@ class Poller:
         for watched in sorted(self._watched.values(), key=lambda w: (w.entry.app_id, w.entry.pid)):
             if not watched.view:
                 continue
-            samples = watched.samples
-            sidecar_cpu, app_cpu = _rate(samples, "sidecarCpu"), _rate(samples, "appCpu")
-            points = [
-                [
-                    s.seq,
-                    round(s.at, 3),
-                    sidecar_cpu[i],
-                    s.process.get("sidecarRss"),
-                    app_cpu[i],
-                    s.process.get("appRss"),
-                ]
-                for i, s in enumerate(samples)
-                if s.seq > since
-            ]
+            points = [s.point for s in watched.samples if s.seq > since]
             apps.append({**watched.view, "samples": points})
         return {"seq": self.seq, "time": time.time(), "interval": self.interval, "apps": apps}
 
