@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, lifecycle, pubsub, report, scaling, state
+from bench import charts, dashboard, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -64,6 +64,7 @@ SECTIONS: dict[str, Section] = {
     "pubsub.redis": pubsub.redis,
     "pubsub.jetstream": pubsub.jetstream,
     "scaling": scaling_section,
+    "dashboard": dashboard.section,
 }
 
 

@@ -84,6 +84,8 @@ class ComponentSet:
         self.blocks = blocks
         self.redactor = redactor
         self._components: list[LoadedComponent] = []
+        # Components that failed to start with ignoreErrors, and why (until one starts in their place).
+        self.failed: dict[Key, tuple[ComponentResource, str]] = {}
         self._retiring: list[LoadedComponent] = []
         self._retire_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -204,9 +206,11 @@ class ComponentSet:
             line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
             if resource.ignore_errors:
                 log.warning("%s (ignored: ignoreErrors is true)", line)
+                self.failed[_key(resource)] = (resource, line)
                 return None
             raise StartupError(line) from None
         log.info("component %s (%s) is ready", resource.name, resource.type)
+        self.failed.pop(_key(resource), None)
         return LoadedComponent(resource, instance, metadata)
 
     def _build(self, loaded: LoadedComponent) -> None:

@@ -84,6 +84,11 @@ class Code(StrEnum):
     SECRET_STORE_NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
     PERMISSION_DENIED = "ERR_PERMISSION_DENIED"
     SECRET_GET = "ERR_SECRET_GET"
+    # Pillion's admin API: dead letters (docs/dashboard.md)
+    DEADLETTERS_NOT_SUPPORTED = "ERR_DEADLETTERS_NOT_SUPPORTED"
+    DEADLETTER_NOT_FOUND = "ERR_DEADLETTER_NOT_FOUND"
+    DEADLETTERS = "ERR_DEADLETTERS"
+    DEADLETTERS_REPLAY = "ERR_DEADLETTERS_REPLAY"
 
 
 # --- error details (google.rpc.*), in the order daprd adds them ------------------------------------
@@ -548,3 +553,36 @@ def secret_bulk_get_failed(store: str, problem: object) -> APIError:
 def _go_quote(text: str) -> str:
     # daprd formats these names with Go's %q.
     return json.dumps(text, ensure_ascii=False)
+
+
+# --- Pillion's admin API: dead letters (docs/dashboard.md; daprd has no such API) ------------------
+
+
+def deadletters_not_supported(pubsub: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.FAILED_PRECONDITION,
+        Code.DEADLETTERS_NOT_SUPPORTED,
+        f"pubsub {pubsub} cannot list the messages a topic holds; dead letters can be inspected on "
+        "pubsub.sqlite, pubsub.redis and pubsub.jetstream (docs/dashboard.md)",
+    )
+
+
+def deadletter_not_found(topic: str, message_id: str) -> APIError:
+    return _error(
+        404, GrpcCode.NOT_FOUND, Code.DEADLETTER_NOT_FOUND, f"message {message_id} is not on topic {topic}"
+    )
+
+
+def deadletters_failed(pubsub: str, topic: str, what: str, problem: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.DEADLETTERS,
+        f"{what} on topic {topic} in pubsub {pubsub} failed: {problem}",
+    )
+
+
+def deadletters_replay_failed(problem: str) -> APIError:
+    """A replay stopped at a message it could not move (the answer also lists those moved)."""
+    return _error(500, GrpcCode.INTERNAL, Code.DEADLETTERS_REPLAY, problem)

@@ -464,6 +464,11 @@ def test_bulk_publish_errors_shared_with_publish(world: World) -> None:
 def test_metadata_lists_the_pubsub_components(world: World) -> None:
     components = {c["name"]: c for c in world.api.get("/v1.0/metadata").json()["components"]}
     assert components["pubsub"]["type"] == f"pubsub.{world.kind}"
-    expected = {"in-memory": ["SUBSCRIBE_WILDCARDS"], "sqlite": ["MESSAGE_TTL"]}
+    expected = {
+        "in-memory": ["SUBSCRIBE_WILDCARDS"],
+        "sqlite": ["MESSAGE_TTL", "RETAINED_MESSAGES"],
+        "redis": ["RETAINED_MESSAGES"],
+        "jetstream": ["RETAINED_MESSAGES"],
+    }
     if world.kind in expected:
         assert components["pubsub"]["capabilities"] == expected[world.kind]

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, direct_invoke_failed, direct_invoke_missing_app_id, internal
-from runtime.http import pubsub, runtime_api, secrets, state
+from runtime.http import admin, pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -168,6 +168,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         Exception: _unexpected,
     }
     routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + (extra_routes or [])
+    routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
