@@ -93,7 +93,7 @@ class BrokerEntry:
 
 @dataclass(slots=True)
 class Publication:
-    """One message to publish, as the HTTP layer read it."""
+    """One message to publish, as a transport read it."""
 
     data: bytes
     content_type: str
