@@ -23,7 +23,7 @@ from components.base import Component, ComponentContext
 from components.secretstores.base import SecretStore
 from runtime.block import BuildingBlock, ComponentProblem, LoadedComponent
 from runtime.resources import ComponentResource, ResourceError, validate_component
-from runtime.secrets import SECRET_STORES, Redactor, resolve_references, secret_values
+from runtime.secrets import SECRET_STORES, Redactor, init_order, resolve_references, secret_values
 
 log = logging.getLogger("pillion")
 # How long a replaced component stays open for the requests that still hold it.
@@ -96,8 +96,8 @@ class ComponentSet:
         return tuple(self._components)
 
     async def start(self, resources: Sequence[ComponentResource]) -> None:
-        """Start every resource (given in start order) and install them; ``StartupError`` on
-        the first that fails, with the ones started before it closed again."""
+        """Start every resource and install them; ``StartupError`` on the first that fails,
+        with the ones started before it closed again."""
         self.install(await self.prepare(resources))
 
     async def prepare(self, resources: Sequence[ComponentResource]) -> Plan:
@@ -114,7 +114,7 @@ class ComponentSet:
         }
         plan = Plan()
         try:
-            for unresolved in resources:
+            for unresolved in init_order(resources):
                 resource = await resolve_references(unresolved, stores)
                 old = running.get(_key(resource))
                 if old is not None and old.resource == resource:

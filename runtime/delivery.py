@@ -1,4 +1,4 @@
-"""Delivering messages to the app (reference sections 2.6 and 2.7).
+"""Delivering messages to the app (docs/pubsub.md: Delivery).
 
 A :class:`Deliverer` is the handler a broker calls for each message of one subscription. It routes
 the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts are tried again
@@ -65,7 +65,7 @@ class Outcome(Enum):
 
 
 def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
-    """What the app's answer means (section 2.7), with a reason for the log."""
+    """What the app's answer means (the table in docs/pubsub.md: Delivery), with a reason for the log."""
     if 200 <= status <= 299:
         try:
             answer = json.loads(body) if body.strip() else None

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pillion.pubsub")
 
 
-# --- topic scopes (reference section 2.8) ------------------------------------------------------
+# --- topic scopes (docs/pubsub.md) ------------------------------------------------------------
 
 
 def _topics(text: str) -> list[str]:
@@ -93,7 +93,7 @@ class BrokerEntry:
 
 @dataclass(slots=True)
 class Publication:
-    """One message to publish, as the HTTP layer read it."""
+    """One message to publish, as a transport read it."""
 
     data: bytes
     content_type: str
@@ -210,7 +210,7 @@ class PubSubBlock:
     def _wrap(
         self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
     ) -> bytes:
-        """The bytes that go on the broker: the CloudEvent envelope (section 2.2)."""
+        """The bytes that go on the broker: the CloudEvent envelope (docs/pubsub.md: Publishing)."""
         metadata = publication.metadata
         if cloudevents.is_cloudevent(publication.content_type):
             try:

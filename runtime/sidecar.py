@@ -26,7 +26,7 @@ from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
-from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.secrets import Redactor, SecretsBlock
 from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
@@ -153,8 +153,7 @@ class Sidecar:
         context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer)
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
-        # Secret stores start before the components whose secretKeyRefs read from them.
-        await self.components.start(init_order(resources))
+        await self.components.start(resources)
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
 

@@ -1,4 +1,4 @@
-"""The publish API (reference sections 2.1 to 2.3 and 2.8) on every broker in tests/pubsub_support.py.
+"""The publish API (docs/pubsub.md: Publishing, topic scopes) on every broker in tests/pubsub_support.py.
 
 What was published is checked where it matters: in the event a real subscriber app receives.
 """
