@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, invoke, lifecycle, pubsub, report, scaling, state
+from bench import charts, dashboard, invoke, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -65,6 +65,7 @@ SECTIONS: dict[str, Section] = {
     "pubsub.jetstream": pubsub.jetstream,
     "invoke.latency": invoke.latency,
     "scaling": scaling_section,
+    "dashboard": dashboard.section,
 }
 
 

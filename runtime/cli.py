@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from components.metadata import parse_duration
-from runtime import __version__, secrets_cli, status
+from runtime import __version__, deadletters_cli, secrets_cli, status
 from runtime.app_health import HealthCheck
 from runtime.compat_flags import add_ignored_flags, warn_ignored
+from runtime.dashboard import cli as dashboard_cli
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
 from runtime.run import run
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs_command(commands)
     secrets_cli.add_commands(commands)
     status.add_command(commands)
+    dashboard_cli.add_command(commands)
+    deadletters_cli.add_command(commands)
     return parser
 
 
@@ -479,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status.run(args)
     if args.command == "certs":
         return certs(args)
+    if args.command == "dashboard":
+        return dashboard_cli.run(args)
+    if args.command == "deadletters":
+        return deadletters_cli.run(args)
     return 2
 
 

@@ -29,7 +29,7 @@ ALWAYS_ON_GROUPS = frozenset({"healthz"})
 
 @dataclass(frozen=True)
 class SecretScope:
-    """Which secrets of one store the secrets API may hand out (reference section 3.3)."""
+    """Which secrets of one store the secrets API may hand out (docs/secrets.md: Configuration)."""
 
     store: str
     default_allow: bool = True

@@ -1,4 +1,4 @@
-"""Delivering messages to the app (reference sections 2.6 and 2.7).
+"""Delivering messages to the app (docs/pubsub.md: Delivery).
 
 A :class:`Deliverer` is the handler a broker calls for each message of one subscription. It routes
 the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts are tried again
@@ -58,7 +58,8 @@ _OWN_HEADERS = frozenset(
     }
 )
 
-DeadLetter = Callable[[str, Message], Awaitable[None]]
+# (dead-letter topic, message, why it is given up)
+DeadLetter = Callable[[str, Message, str], Awaitable[None]]
 
 
 class Outcome(Enum):
@@ -68,7 +69,7 @@ class Outcome(Enum):
 
 
 def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
-    """What the app's answer means (section 2.7), with a reason for the log."""
+    """What the app's answer means (the table in docs/pubsub.md: Delivery), with a reason for the log."""
     if 200 <= status <= 299:
         try:
             answer = json.loads(body) if body.strip() else None
@@ -170,6 +171,11 @@ class Deliverer:
             self._calling.discard(task)
             self._waiting.discard(task)
 
+    @property
+    def in_flight(self) -> int:
+        """Messages being delivered now, or waiting for their next try."""
+        return len(self._calling) + len(self._waiting)
+
     def cancel_all(self) -> None:
         """Past the drain timeout: interrupt calls still running (their messages stay with the broker)."""
         for task in self._calling | self._waiting:
@@ -201,7 +207,7 @@ class Deliverer:
             log.warning("dropping expired pub/sub event %s as of %s", event_id, event.get("expiration"))
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(subscription.dead_letter_topic, message, "the event expired")
             return
         try:
             path = subscription.route(event)
@@ -212,7 +218,9 @@ class Deliverer:
             log.debug("no matching route for event %s on %s; skipping", event_id, self._where)
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(
+                        subscription.dead_letter_topic, message, "no route matched the event"
+                    )
             return
         await self._deliver(message, event, body, path if path.startswith("/") else "/" + path, metadata)
 
@@ -278,7 +286,7 @@ class Deliverer:
                 fate = f"sent to dead-letter topic {where_to}" if where_to else "dropped"
                 log.log(level, "event %s on %s to %s %s: %s", event_id, self._where, path, fate, reason)
                 if self.subscription.dead_letter_topic:
-                    await self._send_to_dead_letter(message, event_id)
+                    await self._send_to_dead_letter(message, event_id, reason)
                 elif metrics is not None:
                     metrics.dropped(*self._labels)
                 return status, reason
@@ -325,7 +333,7 @@ class Deliverer:
         topic = self.subscription.dead_letter_topic
         if topic:
             log.warning("%s: %s%s; sending it to dead-letter topic %s", self._where, reason, tries, topic)
-            await self._send_to_dead_letter(message, None)
+            await self._send_to_dead_letter(message, None, reason + tries)
         else:
             log.warning(
                 "%s: %s%s; dropping it (the subscription has no deadLetterTopic)", self._where, reason, tries
@@ -333,10 +341,10 @@ class Deliverer:
             if self._metrics is not None:
                 self._metrics.dropped(*self._labels)
 
-    async def _send_to_dead_letter(self, message: Message, event_id: Any) -> None:
+    async def _send_to_dead_letter(self, message: Message, event_id: Any, reason: str) -> None:
         topic = self.subscription.dead_letter_topic
         try:
-            await self._dead_letter(topic, message)
+            await self._dead_letter(topic, message, reason)
         except Exception as exc:
             if self._metrics is not None:
                 self._metrics.component_error(self.subscription.pubsubname, "publish")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pillion.pubsub")
 
 
-# --- topic scopes (reference section 2.8) ------------------------------------------------------
+# --- topic scopes (docs/pubsub.md) ------------------------------------------------------------
 
 
 def _topics(text: str) -> list[str]:
@@ -103,7 +103,7 @@ class BrokerEntry:
 
 @dataclass(slots=True)
 class Publication:
-    """One message to publish, as the HTTP layer read it."""
+    """One message to publish, as a transport read it."""
 
     data: bytes
     content_type: str
@@ -189,6 +189,9 @@ class PubSubBlock:
     def has_brokers(self) -> bool:
         return bool(self._entries)
 
+    def broker(self, name: str) -> BrokerEntry | None:
+        return self._entries.get(name)
+
     def entry(self, name: str, topic: str, metadata: Mapping[str, str]) -> BrokerEntry:
         """The broker for a publish request, checked in daprd's order: name, broker, topic."""
         if not name:
@@ -225,7 +228,7 @@ class PubSubBlock:
     def _wrap(
         self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
     ) -> bytes:
-        """The bytes that go on the broker: the CloudEvent envelope (section 2.2)."""
+        """The bytes that go on the broker: the CloudEvent envelope (docs/pubsub.md: Publishing)."""
         metadata = publication.metadata
         if cloudevents.is_cloudevent(publication.content_type):
             try:
@@ -401,13 +404,22 @@ class PubSubBlock:
         self._running[subscription.key] = _Running(handle, deliverer, stopping)
         log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
 
-    @staticmethod
-    def _dead_letter(entry: BrokerEntry) -> Callable[[str, Message], Awaitable[None]]:
-        async def republish(topic: str, message: Message) -> None:
-            # The original bytes and metadata, so the app sees the original topic in the event.
-            await entry.broker.publish(topic, message.data, message.metadata)
+    def _dead_letter(self, entry: BrokerEntry) -> Callable[[str, Message, str], Awaitable[None]]:
+        from runtime.deadletters import mark
+
+        async def republish(topic: str, message: Message, reason: str) -> None:
+            # The original bytes, so the app sees the original topic in the event; the metadata
+            # gains why and when, for whoever inspects the dead letters.
+            await entry.broker.publish(topic, message.data, mark(message, reason, self.app_id))
 
         return republish
+
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Per (pubsub, topic): messages handed to the app or waiting to be retried now.
+
+        Read from the metrics thread while the loop changes the subscriptions: a snapshot.
+        """
+        return {key: running.deliverer.in_flight for key, running in list(self._running.items())}
 
     @property
     def started(self) -> bool:

@@ -22,12 +22,12 @@ from runtime.block import BlockContext
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
-from runtime.metrics import Metrics, MetricsServer
+from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
 from runtime.resiliency import Resiliency, load_resiliency
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
-from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.secrets import Redactor, SecretsBlock
 from runtime.service_invocation import InvocationOptions
 from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
@@ -116,6 +116,7 @@ class Sidecar:
         self.extended: dict[str, str] = {}
         self.metrics = Metrics(options.app_id)
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self.metrics.registry.register(InFlightCollector(options.app_id, self._in_flight))
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
         self.tracer = Tracer()
@@ -164,8 +165,7 @@ class Sidecar:
         )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
-        # Secret stores start before the components whose secretKeyRefs read from them.
-        await self.components.start(init_order(resources))
+        await self.components.start(resources)
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
 
@@ -310,6 +310,30 @@ class Sidecar:
             body["subscriptions"] = subscriptions
         return body
 
+    def component_report(self) -> list[dict[str, Any]]:
+        """Every component, loaded or failed (with the reason), for ``pillion dashboard``."""
+        loaded = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                "status": "loaded",
+                "capabilities": c.capabilities,
+            }
+            for c in self.components.components
+        ]
+        failed = [
+            {
+                "name": r.name,
+                "type": r.type,
+                "version": r.version or "v1",
+                "status": "failed",
+                "reason": reason,
+            }
+            for r, reason in self.components.failed.values()
+        ]
+        return loaded + failed
+
     # --- serving -------------------------------------------------------------------------------
 
     def bind(self) -> socket.socket:
@@ -391,6 +415,9 @@ class Sidecar:
             raise StartupError(self._fatal)
 
     # --- observability -------------------------------------------------------------------------
+
+    def _in_flight(self) -> dict[tuple[str, str], int]:
+        return self.pubsub.in_flight()  # the block is replaced when components start
 
     def _app_pid(self) -> int | None:
         # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.

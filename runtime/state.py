@@ -48,7 +48,7 @@ CONSISTENCY = frozenset({"", "eventual", "strong"})
 
 
 def key_prefix(strategy: str, app_id: str, store_name: str) -> str:
-    """The text put before every key (Dapr's ``keyPrefix`` rules, reference section 1.1)."""
+    """The text put before every key (Dapr's ``keyPrefix`` rules, docs/state.md: Key prefixes)."""
     strategy = strategy.lower()
     if strategy == "none":
         return ""

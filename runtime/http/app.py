@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, internal
-from runtime.http import invoke, pubsub, runtime_api, secrets, state
+from runtime.http import admin, invoke, pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -177,6 +177,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         + secrets_routes()
         + (extra_routes or [])
     )
+    routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
