@@ -99,6 +99,20 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         help="HTTP API port (a free one when omitted)" if run_mode else "HTTP API port (3500)",
     )
     parser.add_argument(
+        "--dapr-grpc-port",
+        type=_port,
+        default=None,
+        help="gRPC API port (a free one when omitted)"
+        if run_mode
+        else "gRPC API port (50001; when omitted and taken, gRPC is not served)",
+    )
+    parser.add_argument(
+        "--app-protocol",
+        choices=["http", "grpc"],
+        default="http",
+        help="how the sidecar calls the app: http, or grpc (the app's AppCallback service)",
+    )
+    parser.add_argument(
         "--dapr-listen-addresses",
         default="127.0.0.1",
         help="address the HTTP API binds to (127.0.0.1)",
@@ -230,6 +244,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         metrics_port=args.metrics_port,
         api_token=_api_token(args),
         app_health=_health_check(args),
+        grpc_port=args.dapr_grpc_port,
+        app_protocol=args.app_protocol,
     )
 
 
@@ -310,6 +326,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("pillion run needs the app's command after --")
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
+    if args.dapr_grpc_port is None:
+        args.dapr_grpc_port = free_port()
     if args.metrics_port is None:
         args.metrics_port = free_port()
     configure_logging(args.log_level, "== PILLION == ", as_json=args.log_as_json, app_id=args.app_id)

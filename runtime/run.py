@@ -41,6 +41,8 @@ def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str,
             "PILLION_HTTP_PORT": str(options.http_port),
         }
     )
+    if options.grpc_port is not None:
+        env["DAPR_GRPC_PORT"] = str(options.grpc_port)
     if options.app_port is not None:
         env["APP_PORT"] = str(options.app_port)
     if options.enable_metrics:

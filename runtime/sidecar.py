@@ -42,7 +42,8 @@ from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
+    from runtime.app_channel import AppConnection
+    from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
 
 log = logging.getLogger("pillion")
@@ -72,6 +73,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    grpc_port: int | None = None
+    # --app-protocol: how the sidecar calls the app (http or grpc).
+    app_protocol: str = "http"
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -136,7 +141,8 @@ class Sidecar:
         self._registration: Path | None = None
         self.tracer = Tracer()
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
-        self.channel: AppChannel | None = None
+        self.channel: AppConnection | None = None
+        self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
 
     # --- start and stop ------------------------------------------------------------------------
@@ -289,17 +295,26 @@ class Sidecar:
             self.app_reachable = True
             return
 
-    def app_channel(self) -> AppChannel:
+    def app_channel(self) -> AppConnection:
         if self.channel is None:
-            from runtime.app_channel import AppChannel
+            options = self.options
+            assert options.app_port is not None
+            if options.app_protocol == "grpc":
+                from runtime.grpc.app_channel import GrpcAppChannel
 
-            assert self.options.app_port is not None
-            self.channel = AppChannel(
-                self.options.app_channel_address,
-                self.options.app_port,
-                self.options.app_id,
-                self.options.app_health,
-            )
+                self.channel = GrpcAppChannel(
+                    options.app_channel_address,
+                    options.app_port,
+                    options.app_id,
+                    options.app_health,
+                    options.max_body_size,
+                )
+            else:
+                from runtime.app_channel import AppChannel
+
+                self.channel = AppChannel(
+                    options.app_channel_address, options.app_port, options.app_id, options.app_health
+                )
         return self.channel
 
     def _start_app_health(self) -> None:
@@ -346,7 +361,10 @@ class Sidecar:
 
     def metadata(self) -> dict[str, Any]:
         version = f"pillion-{__version__}"
-        app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
+        app: dict[str, Any] = {
+            "protocol": self.options.app_protocol,
+            "channelAddress": self.options.app_channel_address,
+        }
         if self.options.app_port is not None:
             app["port"] = self.options.app_port
         extended = {**self.extended, "daprRuntimeVersion": version}
@@ -422,6 +440,7 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
@@ -444,12 +463,32 @@ class Sidecar:
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
+            if self.grpc is not None:
+                await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
             sock.close()
             await self._stop_observability()
             log.info("pillion stopped")
         if self._fatal is not None:
             raise StartupError(self._fatal)
+
+    async def _start_grpc(self) -> None:
+        """The gRPC API, before the app starts. A port given with --dapr-grpc-port must be had;
+        the default one (50001) is best effort, so several sidecars can run side by side."""
+        from runtime.grpc.server import DEFAULT_PORT, GrpcServer
+
+        options = self.options
+        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        try:
+            await server.start()
+        except OSError as exc:
+            problem = f"cannot listen on {options.host}:{server.port} for the gRPC API: {exc}"
+            if options.grpc_port is not None:
+                raise StartupError(problem) from None
+            log.warning("%s; the gRPC API is not served (pass --dapr-grpc-port to choose a port)", problem)
+            return
+        self.grpc = server
+        log.info("gRPC API on %s:%d", options.host, server.port)
 
     # --- observability -------------------------------------------------------------------------
 
