@@ -371,6 +371,8 @@ class Sidecar:
         health = self.channel.health if self.channel is not None else None
         if health is not None:
             app["health"] = health.check.describe()
+            if self.options.app_protocol == "grpc":
+                del app["health"]["healthCheckPath"]  # a gRPC app is probed with HealthCheck
             # Pillion's own key: the contract has no place for the state the probes found.
             extended["appHealth"] = health.status
         body: dict[str, Any] = {

@@ -352,6 +352,29 @@ def test_stream_gets_messages_published_while_it_waits_and_survives_slow_acks(
             subscription.close()
 
 
+def test_trace_context_from_grpc_metadata(sdk_env: SidecarProcess) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        + bytes.fromhex(trace_id)
+        + bytes([1])
+        + bytes.fromhex("00f067aa0ba902b7")
+        + bytes([2, 1])
+    )
+    with DaprClient() as client:
+        subscription = client.subscribe("pubsub", "lonely")
+        try:
+            _wait_for(lambda: any(s.topic == "lonely" for s in _subscriptions(sdk_env)))
+            channel, stub = _stub(sdk_env)
+            with channel:
+                request = pubsub_pb2.PublishEventRequest(pubsub_name="pubsub", topic="lonely", data=b"t")
+                stub.PublishEvent(request, metadata=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")])
+            message = subscription.next_message()
+            subscription.respond_success(message)
+            traceparent = message.extensions()["traceparent"]
+            assert traceparent.split("-")[1] == trace_id, traceparent
+        finally:
+            subscription.close()
+
+
 def test_stream_protocol_errors(sdk_env: SidecarProcess) -> None:
     channel, stub = _stub(sdk_env)
     with channel:
@@ -608,6 +631,7 @@ def test_grpc_app_with_the_sdk_app(tmp_path: Path) -> None:
             metadata = http.get("/v1.0/metadata").json()
             assert metadata["appConnectionProperties"]["protocol"] == "grpc"
             assert metadata["extended"]["appHealth"] == "healthy"
+            assert "healthCheckPath" not in metadata["appConnectionProperties"]["health"]
             assert {s["topic"] for s in metadata["subscriptions"]} == {
                 "orders",
                 "flaky",

@@ -3,7 +3,8 @@
 Every call passes the same gates as an HTTP request, in daprd's order: the Configuration's
 ``spec.api`` lists (``protocol: grpc``; decided once at start-up), the API token in the
 ``dapr-api-token`` metadata (constant-time compare), a span continuing the caller's
-``traceparent`` or ``grpc-trace-bin``, and the request metrics. Methods Pillion does not serve
+``traceparent`` (grpcio's core consumes ``grpc-trace-bin`` before any handler sees it), and the
+request metrics. Methods Pillion does not serve
 answer ``UNIMPLEMENTED`` naming the method. The handler table is built once; a call costs one
 dict lookup in grpc's registered-method path.
 """
@@ -65,13 +66,6 @@ _SERVED: dict[str, tuple[Any, str, str]] = {
 }
 _STREAMING_RULE = "subscribe.v1alpha1"
 Behaviour = Callable[[Any, Call], Awaitable[Any]]
-
-
-def trace_from_binary(value: bytes) -> str | None:
-    """OpenCensus' ``grpc-trace-bin`` (version 0: trace id, span id, options) as a traceparent."""
-    if len(value) < 29 or value[0] != 0 or value[1] != 0 or value[18] != 1 or value[27] != 2:
-        return None
-    return f"00-{value[2:18].hex()}-{value[19:27].hex()}-{value[28]:02x}"
 
 
 class GrpcServer:
@@ -186,10 +180,6 @@ class GrpcServer:
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):
                 metadata.setdefault(key, value)
-            elif key == "grpc-trace-bin":
-                parent = trace_from_binary(value)
-                if parent is not None:
-                    metadata.setdefault("traceparent", parent)
         self._check_token(metadata)
         tracer = self._sidecar.tracer
         parent = metadata.get("traceparent")
