@@ -25,7 +25,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, metadata_pb2, pubsub_pb2, state_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.support import SidecarProcess, free_port, start_sidecar
+from tests.support import ROOT, SidecarProcess, free_port, start_sidecar
 
 STATE = """apiVersion: dapr.io/v1alpha1
 kind: Component
@@ -658,16 +658,9 @@ def test_grpc_app_with_the_sdk_app(tmp_path: Path) -> None:
         app.wait(10)
 
 
-def test_pillion_run_with_a_grpc_app(tmp_path: Path) -> None:
-    """`pillion run --app-protocol grpc`: the app gets DAPR_GRPC_PORT, and the SDK's client works."""
-    script = tmp_path / "client_app.py"
-    script.write_text(
-        "import os\n"
-        "from dapr.clients import DaprClient\n"
-        "with DaprClient() as c:\n"
-        "    c.save_state('statestore', 'k', 'from run')\n"
-        "    print('GOT', c.get_state('statestore', 'k').data.decode(), os.environ['DAPR_GRPC_PORT'])\n"
-    )
+def test_the_python_sdk_sample_under_pillion_run(tmp_path: Path) -> None:
+    """samples/python/sdk_orders.py under `pillion run` with the embedded components: the app finds
+    the gRPC API through DAPR_GRPC_PORT, and the script's exit code is the verdict."""
     result = subprocess.run(
         [
             sys.executable,
@@ -675,21 +668,22 @@ def test_pillion_run_with_a_grpc_app(tmp_path: Path) -> None:
             "runtime",
             "run",
             "--app-id",
-            "runner",
+            "sdkorders",
             "--data-dir",
             str(tmp_path / "data"),
             "--",
             sys.executable,
-            str(script),
+            str(ROOT / "samples" / "python" / "sdk_orders.py"),
         ],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=tmp_path,
+        cwd=ROOT,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert "GOT from run" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stale update refused: ABORTED" in result.stdout
+    assert "stored quantity: 3" in result.stdout
 
 
 def test_threads_left_behind() -> None:
