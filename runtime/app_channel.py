@@ -1,11 +1,5 @@
-"""The channels from the sidecar to the app: subscription discovery and event delivery.
-
-:class:`EventSink` is what the delivery loop (``runtime.delivery``) needs from whatever receives
-events: the HTTP app (:class:`AppChannel`, here), a gRPC app (``runtime.grpc.app_channel``) or a
-streaming subscriber on the gRPC API (``runtime.grpc.streaming``). Retries, dead letters and
-concurrency stay in the delivery loop, the same for all three.
-
-The HTTP channel:
+"""The HTTP channel from the sidecar to the app: subscription discovery and event delivery
+(an :class:`runtime.event_sink.AppConnection`).
 
 One pooled aiohttp session per sidecar (httpx cost about 1 ms of CPU per delivery here, three
 times aiohttp's; delivery throughput is bound by it). Every request but the health probe carries
@@ -15,86 +9,33 @@ times aiohttp's; delivery throughput is bound by it). Every request but the heal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
 
 from runtime.app_health import AppHealth, HealthCheck
+from runtime.event_sink import (
+    Answer,
+    AppCallFailed,
+    AppUnreachable,
+    Envelope,
+    Outcome,
+    wait_for_port,
+)
 from runtime.subscriptions import Subscription, from_app
 
 log = logging.getLogger("pillion.app")
 _DISCOVERY_TRIES = 3
-_PROBE_INTERVAL = 0.1
-
-
-class AppUnreachable(Exception):
-    """The app's port refused the connection: nothing was delivered."""
-
-
-class AppCallFailed(Exception):
-    """The call reached the app but no answer came back (timeout, reset connection, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AppReply:
     status: int
     body: bytes
-
-
-class Outcome(Enum):
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    DROP = "DROP"
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What became of one try: the outcome, the HTTP status (or its equivalent; 0 when there was
-    no answer) for the span, and why the app did not accept it (for the log)."""
-
-    outcome: Outcome
-    status: int
-    reason: str = ""
-
-
-@dataclass(slots=True)
-class Envelope:
-    """One event on its way to the receiver."""
-
-    pubsub: str
-    topic: str
-    path: str
-    event: dict[str, Any]
-    body: bytes
-    # Message metadata, trace context and content type, as HTTP header names and values.
-    headers: dict[str, bytes]
-
-
-class EventSink(Protocol):
-    async def deliver(self, envelope: Envelope, time_limit: float | None) -> Answer:
-        """One try. ``AppUnreachable`` when nothing was sent (no try used up); any other exception
-        is a failed try."""
-
-    async def wait_reachable(self) -> None:
-        """Return once a delivery could be sent again."""
-
-
-class AppConnection(EventSink, Protocol):
-    """A channel to the app, over HTTP or gRPC (``--app-protocol``)."""
-
-    health: AppHealth | None
-
-    async def programmatic_subscriptions(self) -> list[Subscription]:
-        """The app's own subscriptions (``AppCallFailed``, ``SubscriptionError``)."""
-
-    async def aclose(self) -> None: ...
 
 
 def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
@@ -118,22 +59,6 @@ def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
     if status == 404:
         return Outcome.DROP, f"the app answered 404 (non-retriable): {text}"
     return Outcome.RETRY, f"the app answered {status}: {text}"
-
-
-async def wait_for_port(address: str, port: int) -> None:
-    """Return once ``address:port`` accepts a TCP connection."""
-    log.warning("app is not reachable on %s:%d; deliveries wait for it", address, port)
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(address, port)
-        except OSError:
-            await asyncio.sleep(_PROBE_INTERVAL)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        log.info("app is reachable again on %s:%d", address, port)
-        return
 
 
 class AppChannel:

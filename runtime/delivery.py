@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.pubsub.base import Message
 from runtime import cloudevents
-from runtime.app_channel import AppUnreachable, Envelope, EventSink, Outcome
+from runtime.event_sink import AppUnreachable, Envelope, EventSink, Outcome
 from runtime.subscriptions import RoutingError, Subscription
 from runtime.tracing import Span, Tracer
 

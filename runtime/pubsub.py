@@ -20,8 +20,8 @@ from runtime.subscriptions import Subscription, merge, parse_go_bool, streaming
 from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppConnection, EventSink
     from runtime.delivery import Deliverer
+    from runtime.event_sink import AppConnection, EventSink
     from runtime.metrics import Metrics
 
 log = logging.getLogger("pillion.pubsub")
@@ -426,7 +426,7 @@ class PubSubBlock:
         ``SubscriptionError`` when the app's answer cannot be used (a rule that does not compile).
         The channel stays the caller's: it outlives the subscriptions.
         """
-        from runtime.app_channel import AppCallFailed
+        from runtime.event_sink import AppCallFailed
 
         async with self._changing:
             self._channel = channel

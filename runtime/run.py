@@ -33,7 +33,9 @@ _WATCHDOG = (
 
 
 def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+    from runtime.grpc import SIDECAR_ONLY
+
+    env = {name: value for name, value in os.environ.items() if name not in SIDECAR_ONLY}
     env.update(
         {
             "APP_ID": options.app_id,

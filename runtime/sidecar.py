@@ -42,7 +42,7 @@ from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppConnection
+    from runtime.event_sink import AppConnection
     from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
 

@@ -11,19 +11,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import (
-    dapr_pb2,
-    metadata_pb2,
-    pubsub_pb2,
-    secret_pb2,
-    state_pb2,
-)
 from google.protobuf import empty_pb2
 
 from components.state.base import StoredItem
 from runtime.errors import APIError
 from runtime.grpc.errors import Code, GrpcError
+from runtime.grpc.protos import common_pb2, metadata_pb2, pubsub_pb2, secret_pb2, state_pb2
 from runtime.pubsub import BulkEntry, Publication, publish_failed
 from runtime.state import DeleteItem, SaveItem, check_key
 from runtime.tracing import Span
@@ -269,7 +262,7 @@ class DaprAPI:
             self._sidecar.extended[request.key] = request.value
         return EMPTY
 
-    async def shutdown(self, request: dapr_pb2.ShutdownRequest, call: Call) -> empty_pb2.Empty:
+    async def shutdown(self, request: empty_pb2.Empty, call: Call) -> empty_pb2.Empty:
         """Answer first, then stop gracefully; ``dapr-force-shutdown: true`` exits, as daprd."""
         loop = asyncio.get_running_loop()
         if call.metadata.get("dapr-force-shutdown", "").lower() == "true":

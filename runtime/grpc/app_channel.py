@@ -15,13 +15,13 @@ import logging
 import os
 
 import grpc
-from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
-from runtime.app_channel import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome, wait_for_port
 from runtime.app_health import AppHealth, HealthCheck
+from runtime.event_sink import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome, wait_for_port
 from runtime.grpc.errors import HTTP_STATUS
 from runtime.grpc.events import call_metadata, topic_event
+from runtime.grpc.protos import appcallback_pb2, appcallback_pb2_grpc
 from runtime.subscriptions import Subscription, from_grpc_app
 
 log = logging.getLogger("pillion.app")

@@ -6,10 +6,10 @@ import base64
 import binascii
 from typing import Any
 
-from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf import struct_pb2
 
 from runtime import cloudevents
+from runtime.grpc.protos import appcallback_pb2
 
 # The attributes that have fields of their own; every other key goes into ``extensions``.
 _OWN = frozenset({"id", "source", "type", "specversion", "datacontenttype", "data", "data_base64"})

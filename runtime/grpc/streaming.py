@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from dapr.proto.runtime.v1 import appcallback_pb2, pubsub_pb2
 
-from runtime.app_channel import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome
+from runtime.event_sink import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome
 from runtime.grpc.errors import GrpcError
 from runtime.grpc.events import topic_event
+from runtime.grpc.protos import appcallback_pb2, pubsub_pb2
 from runtime.subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
