@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import empty_pb2
 
 from components.state.base import StoredItem
-from runtime.errors import APIError
-from runtime.grpc.errors import Code, GrpcError
+from runtime import errors
+from runtime.errors import APIError, Code, GrpcCode
+from runtime.grpc.errors import GrpcError, StatusCode
 from runtime.grpc.protos import common_pb2, metadata_pb2, pubsub_pb2, secret_pb2, state_pb2
-from runtime.pubsub import BulkEntry, Publication, publish_failed
+from runtime.pubsub import BulkEntry, Publication
 from runtime.state import DeleteItem, SaveItem, check_key
 from runtime.tracing import Span
 
@@ -36,6 +37,11 @@ _SUBSCRIPTION_TYPES: dict[str, int] = {
 _ACTOR_STATUS: dict[str, metadata_pb2.ActorRuntime.ActorRuntimeStatus.ValueType] = {
     "DISABLED": metadata_pb2.ActorRuntime.DISABLED,
     "RUNNING": metadata_pb2.ActorRuntime.RUNNING,
+}
+# DeleteState's failure, by its gRPC code, as DeleteBulkState reports it.
+_ETAG_PROBLEMS: dict[GrpcCode, errors.EtagProblem] = {
+    GrpcCode.ABORTED: "mismatch",
+    GrpcCode.INVALID_ARGUMENT: "invalid",
 }
 # The one metadata value that makes the stored value JSON rather than the bytes as given.
 _JSON = "application/json"
@@ -61,13 +67,13 @@ def _value(item: common_pb2.StateItem) -> bytes:
     try:
         parsed = json.loads(item.value)
     except (ValueError, RecursionError) as exc:
-        raise GrpcError(Code.UNKNOWN, f"failed to decode JSON value of key {item.key}: {exc}") from None
+        raise GrpcError(StatusCode.UNKNOWN, f"failed to decode JSON value of key {item.key}: {exc}") from None
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _save_item(item: common_pb2.StateItem, code: str) -> SaveItem:
+def _save_item(item: common_pb2.StateItem) -> SaveItem:
     if not item.key:
-        raise APIError(400, code, "state key cannot be empty")
+        raise errors.state_key_empty()
     options = item.options
     return SaveItem(
         key=item.key,
@@ -102,7 +108,8 @@ class DaprAPI:
     # --- state ---------------------------------------------------------------------------------
 
     async def get_state(self, request: state_pb2.GetStateRequest, call: Call) -> state_pb2.GetStateResponse:
-        item = await self._sidecar.state.get(request.store_name, request.key)
+        block = self._sidecar.state
+        item = await block.get(block.entry(request.store_name), request.key)
         if item is None:
             return state_pb2.GetStateResponse()
         return state_pb2.GetStateResponse(data=item.data, etag=item.etag or "", metadata=_expiry(item))
@@ -110,8 +117,10 @@ class DaprAPI:
     async def get_bulk_state(
         self, request: state_pb2.GetBulkStateRequest, call: Call
     ) -> state_pb2.GetBulkStateResponse:
+        block = self._sidecar.state
+        entry = block.entry(request.store_name)
         keys = list(request.keys)
-        items = await self._sidecar.state.bulk_get(request.store_name, keys)
+        items = await block.bulk_get(entry, keys)
         answer = state_pb2.GetBulkStateResponse()
         for key, item in zip(keys, items, strict=True):
             if item is None:
@@ -122,64 +131,65 @@ class DaprAPI:
 
     async def save_state(self, request: state_pb2.SaveStateRequest, call: Call) -> empty_pb2.Empty:
         block = self._sidecar.state
-        block.entry(request.store_name)
-        items = [_save_item(item, "ERR_STATE_SAVE") for item in request.states]
+        entry = block.entry(request.store_name)
+        items = [_save_item(item) for item in request.states]
         if items:
-            await block.save(request.store_name, items)
+            await block.save(entry, items)
         return EMPTY
 
     async def delete_state(self, request: state_pb2.DeleteStateRequest, call: Call) -> empty_pb2.Empty:
         etag = request.etag.value if request.HasField("etag") and request.etag.value else None
         item = _delete_item(request.key, etag, request.options, request.metadata)
-        await self._sidecar.state.delete(request.store_name, item)
+        block = self._sidecar.state
+        await block.delete(block.entry(request.store_name), item)
         return EMPTY
 
     async def delete_bulk_state(
         self, request: state_pb2.DeleteBulkStateRequest, call: Call
     ) -> empty_pb2.Empty:
         block, store = self._sidecar.state, request.store_name
-        block.entry(store)
+        entry = block.entry(store)
         items = [_delete_item(s.key, _etag(s), s.options, s.metadata) for s in request.states]
         # Every key is checked before the first delete, so bad input deletes nothing.
         for item in items:
             check_key(store, item.key)
         for item in items:
             try:
-                await block.delete(store, item)
+                await block.delete(entry, item)
             except APIError as exc:
-                detail = exc.message.split(": ", 1)[-1]
-                raise APIError(
-                    exc.status,
-                    "ERR_STATE_BULK_DELETE",
-                    f"failed deleting state in state store {store}: {detail}",
-                ) from None
+                if exc.code is not Code.STATE_DELETE:
+                    raise
+                etag = _ETAG_PROBLEMS.get(exc.grpc)
+                problem = exc.message.removeprefix(f"failed deleting state with key {item.key}: ")
+                problem = problem.removeprefix("possible etag mismatch. error from state store: ")
+                raise errors.state_bulk_delete_failed(store, problem, etag) from None
         return EMPTY
 
     async def execute_state_transaction(
         self, request: state_pb2.ExecuteStateTransactionRequest, call: Call
     ) -> empty_pb2.Empty:
-        block, store = self._sidecar.state, request.storeName
-        block.transactional(store)
+        block = self._sidecar.state
+        entry = block.entry(request.storeName)
+        block.transactional(entry)
         ops: list[SaveItem | DeleteItem] = []
         for op in request.operations:
             kind = op.operationType
             if kind == "upsert":
-                ops.append(_save_item(op.request, "ERR_STATE_TRANSACTION"))
+                ops.append(_save_item(op.request))
             elif kind == "delete":
                 item = op.request
                 ops.append(_delete_item(item.key, _etag(item), item.options, item.metadata))
             else:
-                raise APIError(
-                    400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported"
-                )
+                raise errors.state_operation_not_supported(kind)
         if ops:
-            await block.transact(store, ops)
+            await block.transact(entry, ops)
         return EMPTY
 
     async def query_state(
         self, request: state_pb2.QueryStateRequest, call: Call
     ) -> state_pb2.QueryStateResponse:
-        page = await self._sidecar.state.query(request.store_name, request.query.encode())
+        block = self._sidecar.state
+        page = await block.query(block.entry(request.store_name), request.query.encode())
         answer = state_pb2.QueryStateResponse(token=page.token or "")
         for result in page.results:
             answer.results.add(key=result.key, data=result.data, etag=result.etag or "")
@@ -208,20 +218,7 @@ class DaprAPI:
         for item in request.entries:
             if not item.entry_id or item.entry_id in seen:
                 problem = "entryId is duplicated or not present for entry"
-                raise APIError(
-                    400,
-                    "ERR_PUBSUB_EVENTS_SER",
-                    f"error marshaling events to bytes for topic {topic} pubsub {entry.name}. "
-                    f"error: {problem}",
-                    [
-                        _pubsub_resource(entry.name, problem),
-                        {
-                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                            "reason": "DAPR_PUBSUB_MARSHAL_EVENTS",
-                            "metadata": {"appID": block.app_id, "error": problem},
-                        },
-                    ],
-                )
+                raise errors.pubsub_events_failed(entry.name, topic, block.app_id, problem)
             seen.add(item.entry_id)
             # Request metadata reaches an entry only when the entry has metadata of its own (daprd).
             merged = {**metadata, **item.metadata} if item.metadata else {}
@@ -230,7 +227,7 @@ class DaprAPI:
         failed = await block.bulk_publish(entry, topic, entries, raw, span.traceparent, span.tracestate)
         if failed:
             # daprd answers a failed entry with an error, whose status has no room for the list.
-            raise publish_failed(entry.name, topic, failed[0].error)
+            raise errors.pubsub_publish_failed(entry.name, topic, failed[0].error)
         return pubsub_pb2.BulkPublishResponse()
 
     # --- secrets -------------------------------------------------------------------------------
@@ -270,16 +267,6 @@ class DaprAPI:
         else:
             loop.call_soon(self._sidecar.request_stop)
         return EMPTY
-
-
-def _pubsub_resource(name: str, description: str) -> dict[str, str]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-        "resource_type": "pubsub",
-        "resource_name": name,
-        "owner": "",
-        "description": description,
-    }
 
 
 def metadata_response(body: dict[str, Any]) -> metadata_pb2.GetMetadataResponse:
