@@ -22,11 +22,13 @@ from runtime.block import BlockContext
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
-from runtime.metrics import Metrics, MetricsServer
+from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
+from runtime.resiliency import Resiliency, load_resiliency
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
-from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.secrets import Redactor, SecretsBlock
+from runtime.service_invocation import InvocationOptions
 from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from runtime.event_sink import AppConnection
     from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
+    from runtime.service_invocation import ServiceInvocation
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
 
@@ -66,8 +69,12 @@ class SidecarOptions:
     app_health: HealthCheck | None = None
     # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
     grpc_port: int | None = None
-    # --app-protocol: how the sidecar calls the app (http or grpc).
+    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
     app_protocol: str = "http"
+    # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
+    invocation: InvocationOptions = field(default_factory=InvocationOptions)
+    # --enable-api-logging: one log line per API call.
+    api_logging: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -114,6 +121,7 @@ class Sidecar:
         self.extended: dict[str, str] = {}
         self.metrics = Metrics(options.app_id)
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self.metrics.registry.register(InFlightCollector(options.app_id, self._in_flight))
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
         self.tracer = Tracer()
@@ -121,6 +129,8 @@ class Sidecar:
         self.channel: AppConnection | None = None
         self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
+        self.invocation: ServiceInvocation | None = None
+        self.resiliency: Resiliency | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -129,6 +139,7 @@ class Sidecar:
             self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
             components = load_components(self.options.resources_paths, self.options.app_id)
+            self.resiliency = load_resiliency(self.options.resources_paths, self.options.app_id)
             subscriptions = load_subscriptions(self.options.resources_paths, self.options.app_id)
             try:
                 self.declared_subscriptions = [from_resource(s) for s in subscriptions]
@@ -155,17 +166,21 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
-        context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer)
+        context = BlockContext(
+            self.options.app_id, self.configuration, self.metrics, self.tracer, self.resiliency
+        )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
-        # Secret stores start before the components whose secretKeyRefs read from them.
-        await self.components.start(init_order(resources))
+        await self.components.start(resources)
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
 
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        if self.invocation is not None:
+            await self.invocation.close()
+            self.invocation = None
         if self._watcher is not None:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
@@ -182,6 +197,16 @@ class Sidecar:
         if self.app_reachable and not self.pubsub.started and self.options.app_port is not None:
             # The first pubsub arrived after the app was found: its subscriptions start now.
             await self.start_subscriptions()
+
+    async def _start_invocation(self) -> None:
+        from runtime.service_invocation import InvocationSetupError, ServiceInvocation
+
+        invocation = ServiceInvocation(self, self.options.invocation)
+        self.invocation = invocation
+        try:
+            await invocation.start()
+        except InvocationSetupError as exc:
+            raise StartupError(str(exc)) from None
 
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -305,6 +330,30 @@ class Sidecar:
             body["subscriptions"] = subscriptions
         return body
 
+    def component_report(self) -> list[dict[str, Any]]:
+        """Every component, loaded or failed (with the reason), for ``pillion dashboard``."""
+        loaded = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                "status": "loaded",
+                "capabilities": c.capabilities,
+            }
+            for c in self.components.components
+        ]
+        failed = [
+            {
+                "name": r.name,
+                "type": r.type,
+                "version": r.version or "v1",
+                "status": "failed",
+                "reason": reason,
+            }
+            for r, reason in self.components.failed.values()
+        ]
+        return loaded + failed
+
     # --- serving -------------------------------------------------------------------------------
 
     def bind(self) -> socket.socket:
@@ -349,6 +398,7 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            await self._start_invocation()
             await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
@@ -406,6 +456,9 @@ class Sidecar:
         log.info("gRPC API on %s:%d", options.host, server.port)
 
     # --- observability -------------------------------------------------------------------------
+
+    def _in_flight(self) -> dict[tuple[str, str], int]:
+        return self.pubsub.in_flight()  # the block is replaced when components start
 
     def _app_pid(self) -> int | None:
         # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.

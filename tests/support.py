@@ -97,7 +97,7 @@ def start_sidecar(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait_path: str = "/v1.0/healthz/outbound",
-    timeout: float = 20,
+    timeout: float = 60,
 ) -> SidecarProcess:
     """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,9 @@
 """Errors as daprd sends them over gRPC: a status code and a ``google.rpc.Status`` trailer.
 
-A building block's :class:`runtime.errors.APIError` already carries daprd's gRPC code and details;
-this module renders it, in daprd's three shapes:
-
-* rich errors: their details, in daprd's order (BadRequest or Help, ResourceInfo, ErrorInfo);
-* basic errors (no details of their own): one ErrorInfo whose reason is the ``ERR_*`` code;
-* legacy errors (the secrets API): no details at all.
+A building block's :class:`runtime.errors.APIError` already carries daprd's gRPC code and the
+details a gRPC status holds (``APIError.grpc_details``: daprd's rich, basic and older kinds);
+this module only renders them as protobuf, plus the transport's own errors (token, ``spec.api``,
+methods not served).
 """
 
 from __future__ import annotations
@@ -17,17 +15,10 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from runtime.errors import DOMAIN, APIError, BadRequest, Code, ErrorInfo, HelpLink, ResourceInfo
+from runtime.errors import DOMAIN, APIError, BadRequest, ErrorInfo, HelpLink, ResourceInfo
 
 StatusCode = grpc.StatusCode
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-# daprd's secrets API answers with a code and a message only.
-_LEGACY = frozenset(
-    {Code.SECRET_STORES_NOT_CONFIGURED, Code.SECRET_STORE_NOT_FOUND, Code.PERMISSION_DENIED, Code.SECRET_GET}
-)
-# Over gRPC these ErrorInfos carry no metadata (over HTTP daprd adds the app id or request metadata).
-_NO_METADATA = frozenset({"DAPR_STATE_NOT_CONFIGURED", "DAPR_STATE_NOT_FOUND", "DAPR_PUBSUB_NOT_FOUND"})
-_ORDER = {BadRequest: 0, HelpLink: 0, ResourceInfo: 1, ErrorInfo: 2}
 
 
 class GrpcError(Exception):
@@ -53,8 +44,9 @@ class GrpcError(Exception):
 
 def _detail(item: ErrorInfo | ResourceInfo | BadRequest | HelpLink) -> Message:
     if isinstance(item, ErrorInfo):
-        metadata = {} if item.reason in _NO_METADATA else dict(item.metadata)
-        return error_details_pb2.ErrorInfo(reason=item.reason, domain=item.domain, metadata=metadata)
+        return error_details_pb2.ErrorInfo(
+            reason=item.reason, domain=item.domain, metadata=dict(item.metadata)
+        )
     if isinstance(item, ResourceInfo):
         return error_details_pb2.ResourceInfo(
             resource_type=item.resource_type,
@@ -74,13 +66,7 @@ def _detail(item: ErrorInfo | ResourceInfo | BadRequest | HelpLink) -> Message:
 
 def from_api_error(error: APIError) -> GrpcError:
     """The status daprd answers for the failure ``error`` describes."""
-    code = _BY_NUMBER[int(error.grpc)]
-    if error.code in _LEGACY:
-        return GrpcError(code, error.message)
-    if not error.details:
-        return GrpcError(code, error.message, [_detail(error.error_info)])
-    ordered = sorted(error.details, key=lambda d: _ORDER[type(d)])
-    return GrpcError(code, error.message, [_detail(d) for d in ordered])
+    return GrpcError(_BY_NUMBER[int(error.grpc)], error.message, [_detail(d) for d in error.grpc_details])
 
 
 def unimplemented(method: str) -> GrpcError:
