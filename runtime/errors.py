@@ -67,6 +67,7 @@ class Code(StrEnum):
     STATE_BULK_GET = "ERR_STATE_BULK_GET"
     STATE_SAVE = "ERR_STATE_SAVE"
     STATE_DELETE = "ERR_STATE_DELETE"
+    STATE_BULK_DELETE = "ERR_STATE_BULK_DELETE"
     STATE_TRANSACTION = "ERR_STATE_TRANSACTION"
     STATE_QUERY = "ERR_STATE_QUERY"
     NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
@@ -325,6 +326,18 @@ def state_save_failed(store: str, problem: str, etag: EtagProblem = None) -> API
 
 def state_delete_failed(key: str, problem: str, etag: EtagProblem = None) -> APIError:
     return _write_failed(Code.STATE_DELETE, f"failed deleting state with key {key}", problem, etag)
+
+
+def state_bulk_delete_failed(store: str, problem: str, etag: EtagProblem = None) -> APIError:
+    """gRPC's DeleteBulkState (HTTP has no bulk delete)."""
+    return _write_failed(
+        Code.STATE_BULK_DELETE, f"failed deleting state in state store {store}", problem, etag
+    )
+
+
+def state_key_empty() -> APIError:
+    """A gRPC state item without a key (over HTTP the body check answers first)."""
+    return _basic(400, GrpcCode.INVALID_ARGUMENT, Code.STATE_SAVE, "state key cannot be empty")
 
 
 def state_transaction_failed(problem: str) -> APIError:

@@ -35,7 +35,8 @@ from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
+    from runtime.event_sink import AppConnection
+    from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
     from runtime.service_invocation import ServiceInvocation
 
@@ -66,6 +67,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    grpc_port: int | None = None
+    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    app_protocol: str = "http"
     # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
     # --enable-api-logging: one log line per API call.
@@ -121,7 +126,8 @@ class Sidecar:
         self._registration: Path | None = None
         self.tracer = Tracer()
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
-        self.channel: AppChannel | None = None
+        self.channel: AppConnection | None = None
+        self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
         self.invocation: ServiceInvocation | None = None
         self.resiliency: Resiliency | None = None
@@ -230,17 +236,26 @@ class Sidecar:
             self.app_reachable = True
             return
 
-    def app_channel(self) -> AppChannel:
+    def app_channel(self) -> AppConnection:
         if self.channel is None:
-            from runtime.app_channel import AppChannel
+            options = self.options
+            assert options.app_port is not None
+            if options.app_protocol == "grpc":
+                from runtime.grpc.app_channel import GrpcAppChannel
 
-            assert self.options.app_port is not None
-            self.channel = AppChannel(
-                self.options.app_channel_address,
-                self.options.app_port,
-                self.options.app_id,
-                self.options.app_health,
-            )
+                self.channel = GrpcAppChannel(
+                    options.app_channel_address,
+                    options.app_port,
+                    options.app_id,
+                    options.app_health,
+                    options.max_body_size,
+                )
+            else:
+                from runtime.app_channel import AppChannel
+
+                self.channel = AppChannel(
+                    options.app_channel_address, options.app_port, options.app_id, options.app_health
+                )
         return self.channel
 
     def _start_app_health(self) -> None:
@@ -278,13 +293,18 @@ class Sidecar:
 
     def metadata(self) -> dict[str, Any]:
         version = f"pillion-{__version__}"
-        app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
+        app: dict[str, Any] = {
+            "protocol": self.options.app_protocol,
+            "channelAddress": self.options.app_channel_address,
+        }
         if self.options.app_port is not None:
             app["port"] = self.options.app_port
         extended = {**self.extended, "daprRuntimeVersion": version}
         health = self.channel.health if self.channel is not None else None
         if health is not None:
             app["health"] = health.check.describe()
+            if self.options.app_protocol == "grpc":
+                del app["health"]["healthCheckPath"]  # a gRPC app is probed with HealthCheck
             # Pillion's own key: the contract has no place for the state the probes found.
             extended["appHealth"] = health.status
         body: dict[str, Any] = {
@@ -379,6 +399,7 @@ class Sidecar:
             await self._start_metrics_server()
             await self.start_components(resources)
             await self._start_invocation()
+            await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
@@ -407,12 +428,32 @@ class Sidecar:
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
+            if self.grpc is not None:
+                await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
             sock.close()
             await self._stop_observability()
             log.info("pillion stopped")
         if self._fatal is not None:
             raise StartupError(self._fatal)
+
+    async def _start_grpc(self) -> None:
+        """The gRPC API, before the app starts. A port given with --dapr-grpc-port must be had;
+        the default one (50001) is best effort, so several sidecars can run side by side."""
+        from runtime.grpc.server import DEFAULT_PORT, GrpcServer
+
+        options = self.options
+        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        try:
+            await server.start()
+        except OSError as exc:
+            problem = f"cannot listen on {options.host}:{server.port} for the gRPC API: {exc}"
+            if options.grpc_port is not None:
+                raise StartupError(problem) from None
+            log.warning("%s; the gRPC API is not served (pass --dapr-grpc-port to choose a port)", problem)
+            return
+        self.grpc = server
+        log.info("gRPC API on %s:%d", options.host, server.port)
 
     # --- observability -------------------------------------------------------------------------
 
