@@ -29,6 +29,14 @@ def known_types() -> list[str]:
     return sorted(_COMPONENTS)
 
 
+def implements_block(block: str) -> bool:
+    """Whether Pillion has the building block at all (``lock`` for ``lock.redis``)."""
+    return block in _BLOCKS
+
+
+_BLOCKS = frozenset(name.split(".", 1)[0] for name in _COMPONENTS)
+
+
 def component_class(type_name: str) -> Any | None:
     target = _COMPONENTS.get(type_name)
     if target is None:

@@ -38,6 +38,7 @@ from runtime.secrets import init_order, resolve_references, secret_values
 from runtime.sidecar import LoadedComponent, Sidecar, StartupError
 from runtime.state import StoreEntry
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
+from runtime.unsupported import set_aside
 
 log = logging.getLogger("pillion")
 # watchfiles logs every batch of events at INFO; the reload says what changed.
@@ -123,10 +124,12 @@ class ResourceWatcher:
         options = self.sidecar.options
         try:
             resources, declared = await asyncio.to_thread(_read, options.resources_paths, options.app_id)
+            resources, not_loaded = set_aside(resources)
             plan = await self._prepare(resources)
         except (ResourceError, SubscriptionError, _StartFailed) as exc:
             log.error("resources not reloaded: %s; the running definitions stay in use", exc)
             return
+        self.sidecar.not_loaded = not_loaded
         await self._apply(plan, declared)
 
     async def _prepare(self, resources: list[ComponentResource]) -> _Plan:

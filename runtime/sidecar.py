@@ -40,6 +40,7 @@ from runtime.state import StateBlock, StoreEntry, key_prefix
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
+from runtime.unsupported import NotLoaded, set_aside
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
@@ -116,6 +117,8 @@ class Sidecar:
     def __init__(self, options: SidecarOptions) -> None:
         self.options = options
         self.components: list[LoadedComponent] = []
+        # Components of building blocks Pillion lacks: listed in metadata, never started.
+        self.not_loaded: list[NotLoaded] = []
         self.state = StateBlock(options.app_id, [])
         self.pubsub = PubSubBlock(options.app_id, [])
         self.declared_subscriptions: list[Subscription] = []
@@ -164,6 +167,7 @@ class Sidecar:
         secret_stores: dict[str, SecretStore] = {}
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
+        resources, self.not_loaded = set_aside(resources)
         # Secret stores start before the components whose secretKeyRefs read from them.
         for unresolved in init_order(resources):
             resource = await resolve_references(unresolved, secret_stores)
@@ -373,6 +377,9 @@ class Sidecar:
         ]
         if components:
             body["components"] = components
+        if self.not_loaded:
+            # Pillion's own key: daprd would have refused to start instead.
+            body["componentsNotLoaded"] = [c.describe() for c in self.not_loaded]
         subscriptions = self.pubsub.describe_subscriptions()
         if subscriptions:
             body["subscriptions"] = subscriptions

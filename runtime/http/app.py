@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, direct_invoke_missing_app_id
-from runtime.http import pubsub, runtime_api, secrets, state
+from runtime.http import pubsub, runtime_api, secrets, state, unsupported
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -167,13 +167,24 @@ def runtime_routes() -> list[BaseRoute]:
     ]
 
 
+def unsupported_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/crypto/{name}/encrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/crypto/{name}/decrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version="v1.0-alpha2"),
+    ]
+
+
 def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         APIError: _api_error,
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + (extra_routes or [])
+    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + unsupported_routes()
+    routes += extra_routes or []
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
