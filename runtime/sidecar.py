@@ -22,7 +22,7 @@ from components.metadata import MetadataError
 from components.pubsub.base import PubSub
 from components.secretstores.base import SecretStore
 from components.state.base import StateStore
-from runtime import __version__
+from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.configuration import Configuration, load_configuration
 from runtime.metrics import Metrics, MetricsServer
@@ -88,25 +88,9 @@ class LoadedComponent:
 
 
 def default_components(options: SidecarOptions) -> list[ComponentResource]:
-    """With no resources path: a durable SQLite state store named ``statestore`` and a durable
-    SQLite pubsub named ``pubsub``."""
-    data_dir = options.resolved_data_dir
-    return [
-        ComponentResource(
-            name="statestore",
-            type="state.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "state.db")},
-            file=Path("<embedded default>"),
-        ),
-        ComponentResource(
-            name="pubsub",
-            type="pubsub.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "pubsub.db")},
-            file=Path("<embedded default>"),
-        ),
-    ]
+    """With no resources path: ``statestore`` and ``pubsub`` in SQLite files shared by every app
+    (runtime/embedded.py)."""
+    return embedded.default_components(options.data_dir)
 
 
 class StartupError(Exception):
@@ -429,6 +413,10 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            if not self.options.resources_paths:
+                await asyncio.to_thread(
+                    embedded.adopt_legacy_data, self.options.app_id, self.options.data_dir
+                )
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
