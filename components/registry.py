@@ -22,6 +22,8 @@ _COMPONENTS: dict[str, str] = {
     "pubsub.jetstream": "components.pubsub.jetstream:JetStreamPubSub",
     "pubsub.rabbitmq": "components.pubsub.rabbitmq:RabbitMQPubSub",
     "pubsub.mqtt3": "components.pubsub.mqtt3:MQTTPubSub",
+    "lock.redis": "components.lock.redis:RedisLockStore",
+    "lock.sqlite": "components.lock.sqlite:SQLiteLockStore",
 }
 
 

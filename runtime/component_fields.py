@@ -99,7 +99,22 @@ PUBSUB_FIELDS = (
     + DELIVERY_FIELDS
 )
 
-BLOCK_FIELDS: dict[str, MetadataSchema] = {"state": STATE_FIELDS, "pubsub": PUBSUB_FIELDS}
+LOCK_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "keyPrefix",
+            default="appid",
+            description="What the stored key `lock||<prefix>||<resourceId>` carries: `appid` (default), "
+            "`name` (the component's name), `none` (just `lock||<resourceId>`), or any other text.",
+        ),
+    )
+)
+
+BLOCK_FIELDS: dict[str, MetadataSchema] = {
+    "state": STATE_FIELDS,
+    "pubsub": PUBSUB_FIELDS,
+    "lock": LOCK_FIELDS,
+}
 
 
 def schema_for(type_name: str, component_schema: MetadataSchema) -> MetadataSchema:

@@ -32,6 +32,7 @@ from typing import cast
 from watchfiles import Change, awatch
 
 from components.secretstores.base import SecretStore
+from runtime.blocks import PluggedEntry
 from runtime.pubsub import BrokerEntry
 from runtime.resources import ComponentResource, ResourceError, load_components, load_subscriptions
 from runtime.secrets import init_order, resolve_references, secret_values
@@ -74,7 +75,7 @@ class _Plan:
 
     components: list[LoadedComponent] = field(default_factory=list)
     started: list[LoadedComponent] = field(default_factory=list)
-    entries: dict[Key, StoreEntry | BrokerEntry | SecretStore] = field(default_factory=dict)
+    entries: dict[Key, StoreEntry | BrokerEntry | PluggedEntry | SecretStore] = field(default_factory=dict)
 
 
 class ResourceWatcher:
@@ -161,7 +162,7 @@ class ResourceWatcher:
                 entry = sidecar.block_entry(loaded)
                 plan.entries[key] = entry
                 plan.components.append(loaded)
-                if not isinstance(entry, StoreEntry | BrokerEntry):
+                if not isinstance(entry, StoreEntry | BrokerEntry | PluggedEntry):
                     stores[resource.name] = entry
         except (ResourceError, StartupError) as exc:
             await self._close(plan.started)
@@ -185,6 +186,8 @@ class ResourceWatcher:
                 sidecar.state.replace(entry)
             elif isinstance(entry, BrokerEntry):
                 brokers[name] = entry
+            elif isinstance(entry, PluggedEntry):
+                sidecar.plugged[entry.block].put(name, entry.value)
             else:
                 sidecar.secrets.replace(name, entry)
         for block, name in before - after:
@@ -192,6 +195,8 @@ class ResourceWatcher:
                 sidecar.state.remove(name)
             elif block == "pubsub":
                 brokers[name] = None
+            elif block in sidecar.plugged:
+                sidecar.plugged[block].remove(name)
             else:
                 sidecar.secrets.remove(name)
         sidecar.components = plan.components

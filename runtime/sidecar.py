@@ -24,7 +24,9 @@ from components.secretstores.base import SecretStore
 from components.state.base import StateStore
 from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
+from runtime.blocks import PluggableBlock, PluggedEntry
 from runtime.configuration import Configuration, load_configuration
+from runtime.lock import LockBlock
 from runtime.metrics import Metrics, MetricsServer
 from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
 from runtime.resource_monitor import ResourceMonitor
@@ -110,6 +112,8 @@ class Sidecar:
         self._fatal: str | None = None
         self.configuration = Configuration()
         self.secrets = SecretsBlock({}, {})
+        # The blocks that plug in through runtime.blocks, by building block name.
+        self.plugged: dict[str, PluggableBlock] = {"lock": LockBlock(options.app_id)}
         self.redactor = Redactor()
         self.components_ready = False
         self.app_reachable = options.app_port is None
@@ -165,6 +169,8 @@ class Sidecar:
                 stores.append(entry)
             elif isinstance(entry, BrokerEntry):
                 brokers.append(entry)
+            elif isinstance(entry, PluggedEntry):
+                self.plugged[entry.block].put(resource.name, entry.value)
             else:
                 secret_stores[resource.name] = entry
         self.state = StateBlock(self.options.app_id, stores, self.metrics)
@@ -173,12 +179,19 @@ class Sidecar:
         self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes, self.metrics)
         self.components_ready = True
 
-    def block_entry(self, loaded: LoadedComponent) -> StoreEntry | BrokerEntry | SecretStore:
+    def block_entry(self, loaded: LoadedComponent) -> StoreEntry | BrokerEntry | PluggedEntry | SecretStore:
         """What the component's building block holds for it (capabilities are noted on the way).
 
         ``StartupError`` when the component's runtime-level metadata cannot be used.
         """
         resource = loaded.resource
+        plugged = self.plugged.get(resource.building_block)
+        if plugged is not None:
+            try:
+                value = plugged.entry(resource, loaded.instance, loaded.metadata)
+            except ValueError as exc:
+                raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
+            return PluggedEntry(resource.building_block, value)
         if resource.building_block == "state":
             store: StateStore = self._encrypt_at_rest(loaded, loaded.instance)  # type: ignore[arg-type]
             strategy = str(loaded.metadata["keyPrefix"])
@@ -216,7 +229,13 @@ class Sidecar:
         cls = registry.component_class(resource.type)
         assert cls is not None, "validate_component checked the type"
         metadata = validate_component(resource)
-        context = ComponentContext(resource.name, self.options.app_id, data_dir, resource.file.parent)
+        context = ComponentContext(
+            resource.name,
+            self.options.app_id,
+            data_dir,
+            resource.file.parent,
+            embedded.shared_folder(self.options.data_dir),
+        )
         try:
             instance: Component = cls(metadata, context)
             await asyncio.wait_for(instance.init(), resource.init_timeout)
@@ -239,6 +258,8 @@ class Sidecar:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
         await self.pubsub.stop_subscriptions(self.options.drain_timeout)
+        for block in self.plugged.values():
+            await block.stop()
         if self.channel is not None:
             await self.channel.aclose()
             self.channel = None
@@ -274,6 +295,8 @@ class Sidecar:
                 health.probe_now()
                 await health.wait_healthy()
             await self.start_subscriptions()
+            for block in self.plugged.values():
+                await block.app_ready(self.app_channel())
             self.app_reachable = True
             return
 
