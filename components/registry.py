@@ -22,6 +22,13 @@ _COMPONENTS: dict[str, str] = {
     "pubsub.jetstream": "components.pubsub.jetstream:JetStreamPubSub",
     "pubsub.rabbitmq": "components.pubsub.rabbitmq:RabbitMQPubSub",
     "pubsub.mqtt3": "components.pubsub.mqtt3:MQTTPubSub",
+    "bindings.cron": "components.bindings.cron:CronBinding",
+    "bindings.http": "components.bindings.http:HTTPBinding",
+    "bindings.localstorage": "components.bindings.localstorage:LocalStorageBinding",
+    "bindings.postgresql": "components.bindings.postgresql:PostgreSQLBinding",
+    "bindings.postgres": "components.bindings.postgresql:PostgreSQLBinding",
+    "bindings.rabbitmq": "components.bindings.rabbitmq:RabbitMQBinding",
+    "bindings.redis": "components.bindings.redis:RedisBinding",
     "lock.redis": "components.lock.redis:RedisLockStore",
     "lock.sqlite": "components.lock.sqlite:SQLiteLockStore",
 }

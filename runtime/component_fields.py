@@ -110,7 +110,24 @@ LOCK_FIELDS = MetadataSchema(
     )
 )
 
+BINDING_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "direction",
+            default="",
+            description="`input`, `output` or `input, output`; empty: every direction the type has. "
+            "Naming `input` skips the `OPTIONS` question to the app.",
+        ),
+        MetadataField(
+            "route",
+            default="",
+            description="Path on the app that receives input events (default: the component's name).",
+        ),
+    )
+)
+
 BLOCK_FIELDS: dict[str, MetadataSchema] = {
+    "bindings": BINDING_FIELDS,
     "state": STATE_FIELDS,
     "pubsub": PUBSUB_FIELDS,
     "lock": LOCK_FIELDS,

@@ -24,6 +24,7 @@ from components.secretstores.base import SecretStore
 from components.state.base import StateStore
 from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
+from runtime.bindings import BindingsBlock
 from runtime.blocks import PluggableBlock, PluggedEntry
 from runtime.configuration import Configuration, load_configuration
 from runtime.lock import LockBlock
@@ -113,7 +114,10 @@ class Sidecar:
         self.configuration = Configuration()
         self.secrets = SecretsBlock({}, {})
         # The blocks that plug in through runtime.blocks, by building block name.
-        self.plugged: dict[str, PluggableBlock] = {"lock": LockBlock(options.app_id)}
+        self.plugged: dict[str, PluggableBlock] = {
+            "lock": LockBlock(options.app_id),
+            "bindings": BindingsBlock(options.app_id),
+        }
         self.redactor = Redactor()
         self.components_ready = False
         self.app_reachable = options.app_port is None
