@@ -29,6 +29,9 @@ _COMPONENTS: dict[str, str] = {
     "bindings.postgres": "components.bindings.postgresql:PostgreSQLBinding",
     "bindings.rabbitmq": "components.bindings.rabbitmq:RabbitMQBinding",
     "bindings.redis": "components.bindings.redis:RedisBinding",
+    "configuration.redis": "components.configuration.redis:RedisConfigurationStore",
+    "configuration.postgresql": "components.configuration.postgresql:PostgreSQLConfigurationStore",
+    "configuration.postgres": "components.configuration.postgresql:PostgreSQLConfigurationStore",
     "lock.redis": "components.lock.redis:RedisLockStore",
     "lock.sqlite": "components.lock.sqlite:SQLiteLockStore",
 }

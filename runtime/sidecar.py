@@ -26,6 +26,7 @@ from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.bindings import BindingsBlock
 from runtime.blocks import PluggableBlock, PluggedEntry
+from runtime.config_api import ConfigurationAPIBlock
 from runtime.configuration import Configuration, load_configuration
 from runtime.lock import LockBlock
 from runtime.metrics import Metrics, MetricsServer
@@ -117,6 +118,9 @@ class Sidecar:
         self.plugged: dict[str, PluggableBlock] = {
             "lock": LockBlock(options.app_id),
             "bindings": BindingsBlock(options.app_id),
+            "configuration": ConfigurationAPIBlock(
+                options.app_id, self.app_channel if options.app_port is not None else None
+            ),
         }
         self.redactor = Redactor()
         self.components_ready = False

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, direct_invoke_missing_app_id
-from runtime.http import bindings, lock, pubsub, runtime_api, secrets, state, unsupported
+from runtime.http import bindings, configuration, lock, pubsub, runtime_api, secrets, state, unsupported
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -171,6 +171,19 @@ def bindings_routes() -> list[BaseRoute]:
     return [route("/bindings/{name}", bindings.invoke, ["POST", "PUT"])]
 
 
+def configuration_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for version in ("v1.0", "v1.0-alpha1"):
+        routes += [
+            route("/configuration/{store}/subscribe", configuration.subscribe, ["GET"], version=version),
+            route(
+                "/configuration/{store}/{id}/unsubscribe", configuration.unsubscribe, ["GET"], version=version
+            ),
+            route("/configuration/{store}", configuration.get_configuration, ["GET"], version=version),
+        ]
+    return routes
+
+
 def lock_routes() -> list[BaseRoute]:
     alpha = "v1.0-alpha1"
     return [
@@ -196,7 +209,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         Exception: _unexpected,
     }
     routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + unsupported_routes()
-    routes += bindings_routes() + lock_routes() + (extra_routes or [])
+    routes += bindings_routes() + configuration_routes() + lock_routes() + (extra_routes or [])
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
