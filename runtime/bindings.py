@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from components.bindings.base import (
     INPUT,
@@ -24,11 +24,12 @@ from components.bindings.base import (
     InvokeResponse,
 )
 from components.bindings.http_util import canonical_header
+from runtime import errors
+from runtime.block import BlockContext, ComponentProblem, LoadedComponent
 from runtime.errors import APIError
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
-    from runtime.resources import ComponentResource
 
 log = logging.getLogger("pillion.bindings")
 # daprd's --app-binding-options-timeout default.
@@ -47,11 +48,13 @@ class BindingEntry:
     route: str
 
 
-class OutputBindingError(APIError):
-    """``ERR_INVOKE_OUTPUT_BINDING`` with the metadata the component still returned (as headers)."""
+class OutputBindingFailed(Exception):
+    """``ERR_INVOKE_OUTPUT_BINDING`` and the metadata the component still returned, which daprd
+    sends along (as ``metadata.<key>`` headers over HTTP)."""
 
     def __init__(self, name: str, problem: str, metadata: dict[str, str] | None = None) -> None:
-        super().__init__(500, "ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}: {problem}")
+        super().__init__(problem)
+        self.error: APIError = errors.output_binding_failed(name, problem)
         self.metadata = metadata or {}
 
 
@@ -70,6 +73,8 @@ def parse_directions(text: str, supported: frozenset[str]) -> tuple[frozenset[st
 
 
 class BindingsBlock:
+    kind: ClassVar[str] = "bindings"
+
     def __init__(self, app_id: str) -> None:
         self._app_id = app_id
         self._entries: dict[str, BindingEntry] = {}
@@ -78,25 +83,39 @@ class BindingsBlock:
         self._reading: dict[str, BindingEntry] = {}
         self._changes: set[asyncio.Task[None]] = set()
 
-    # --- the sidecar's side (runtime.blocks.PluggableBlock) -----------------------------------
+    # --- the component life cycle (runtime.block.BuildingBlock, runtime.block_hooks.AppFacing) --
 
-    def entry(self, resource: ComponentResource, instance: Any, metadata: dict[str, Any]) -> BindingEntry:
-        directions, explicit_input = parse_directions(str(metadata["direction"]), instance.directions)
-        route = str(metadata["route"] or resource.name)
-        return BindingEntry(resource.name, instance, directions, not explicit_input, "/" + route.lstrip("/"))
+    @classmethod
+    def create(cls, context: BlockContext) -> BindingsBlock:
+        return cls(context.app_id)
 
-    def put(self, name: str, entry: BindingEntry) -> None:
+    def build(self, component: LoadedComponent) -> BindingEntry:
+        instance: Any = component.instance
+        try:
+            directions, explicit_input = parse_directions(
+                str(component.metadata["direction"]), instance.directions
+            )
+        except ValueError as exc:
+            raise ComponentProblem(str(exc)) from None
+        name = component.resource.name
+        route = str(component.metadata["route"] or name)
+        return BindingEntry(name, instance, directions, not explicit_input, "/" + route.lstrip("/"))
+
+    def capabilities(self, entry: BindingEntry) -> list[str]:
+        return []
+
+    def install(self, name: str, entry: BindingEntry | None) -> None:
+        if entry is None:
+            self._entries.pop(name, None)
+            if name in self._reading:
+                self._change(self._stop_one(name))
+            return
         self._entries[name] = entry
         if self._channel is not None:
             self._change(self._restart(name))
 
-    def remove(self, name: str) -> None:
-        self._entries.pop(name, None)
-        if name in self._reading:
-            self._change(self._stop_one(name))
-
-    async def app_ready(self, channel: AppChannel | None) -> None:
-        if channel is None or self._channel is not None:
+    async def app_ready(self, channel: AppChannel) -> None:
+        if self._channel is not None:
             return
         self._channel = channel
         for entry in list(self._entries.values()):
@@ -185,14 +204,14 @@ class BindingsBlock:
     ) -> InvokeResponse | None:
         """Run an output operation; None when the component had no answer at all (HTTP 204)."""
         if not operation:
-            raise OutputBindingError(name, "operation field is missing from request")
+            raise OutputBindingFailed(name, "operation field is missing from request")
         entry = self._entries.get(name)
         if entry is None or OUTPUT not in entry.directions:
-            raise OutputBindingError(name, f"couldn't find output binding {name}")
+            raise OutputBindingFailed(name, f"couldn't find output binding {name}")
         operations: tuple[str, ...] = entry.binding.operations
         if operation not in operations:
             supported = " ".join(operations)
-            raise OutputBindingError(
+            raise OutputBindingFailed(
                 name,
                 f"binding {name} does not support operation {operation}. supported operations:{supported}",
             )
@@ -200,10 +219,10 @@ class BindingsBlock:
             response: InvokeResponse = await entry.binding.invoke(InvokeRequest(data, metadata, operation))
         except BindingError as exc:
             extra = exc.response.metadata if exc.response is not None else None
-            raise OutputBindingError(name, str(exc), extra) from None
+            raise OutputBindingFailed(name, str(exc), extra) from None
         except Exception as exc:
             log.warning("output binding %s failed: %s", name, exc)
-            raise OutputBindingError(name, str(exc) or type(exc).__name__) from None
+            raise OutputBindingFailed(name, str(exc) or type(exc).__name__) from None
         if response.data is None and not response.metadata:
             return None
         return response

@@ -1,44 +1,45 @@
-"""The small surface through which the newer building blocks (lock, bindings, configuration) plug
-into the sidecar's component life cycle and hot reload.
-
-A block is told of each of its components as it starts (``entry``, then ``put``), of each that is
-removed (``remove``), when the app becomes reachable (``app_ready``) and when the sidecar stops
-(``stop``). It keeps what it needs per component and knows neither transports nor concrete
-components.
-"""
+"""The building blocks the sidecar serves. Adding one is one line in ``REGISTERED``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TypeVar, cast
 
-if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
-    from runtime.resources import ComponentResource
+from runtime.bindings import BindingsBlock
+from runtime.block import BlockContext, BuildingBlock
+from runtime.config_api import ConfigurationAPIBlock
+from runtime.lock import LockBlock
+from runtime.pubsub import PubSubBlock
+from runtime.secrets import SecretsBlock
+from runtime.state import StateBlock
 
+REGISTERED: tuple[type[BuildingBlock], ...] = (
+    StateBlock,
+    PubSubBlock,
+    SecretsBlock,
+    BindingsBlock,
+    LockBlock,
+    ConfigurationAPIBlock,
+)
 
-class PluggableBlock(Protocol):
-    def entry(self, resource: ComponentResource, instance: Any, metadata: dict[str, Any]) -> Any:
-        """What the block keeps for a started component; ``ValueError`` when the runtime-level
-        metadata (``keyPrefix``, ``direction``...) cannot be used."""
-        ...
-
-    def put(self, name: str, entry: Any) -> None:
-        """Use ``entry`` for ``name`` from now on (a new component, or a changed one)."""
-        ...
-
-    def remove(self, name: str) -> None: ...
-
-    async def app_ready(self, channel: AppChannel | None) -> None:
-        """The app is reachable (``channel`` is None without ``--app-port``)."""
-        ...
-
-    async def stop(self) -> None: ...
+B = TypeVar("B")
 
 
-@dataclass(frozen=True, slots=True)
-class PluggedEntry:
-    """An entry on its way to its block (hot reload applies it after every component started)."""
+class Blocks:
+    """One instance of every registered block, made for one sidecar."""
 
-    block: str
-    value: Any
+    def __init__(
+        self, context: BlockContext, registered: tuple[type[BuildingBlock], ...] = REGISTERED
+    ) -> None:
+        self._by_kind: dict[str, BuildingBlock] = {t.kind: t.create(context) for t in registered}
+        self._by_type: dict[type, BuildingBlock] = {type(b): b for b in self._by_kind.values()}
+
+    def for_kind(self, kind: str) -> BuildingBlock | None:
+        """The block serving components of ``kind`` (``state`` for ``state.redis``)."""
+        return self._by_kind.get(kind)
+
+    def all(self) -> list[BuildingBlock]:
+        return list(self._by_kind.values())
+
+    def get(self, block_type: type[B]) -> B:
+        """The block of that class; how a transport finds the block its routes call."""
+        return cast(B, self._by_type[block_type])

@@ -16,14 +16,14 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from components.configuration.base import ConfigurationItem, ConfigurationStore, Watch
-from runtime.errors import APIError
+from runtime import errors
+from runtime.block import BlockContext, LoadedComponent
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
-    from runtime.resources import ComponentResource
 
 log = logging.getLogger("pillion.configuration")
 DELIVERY_TIMEOUT = 60.0
@@ -35,16 +35,13 @@ class _Subscription:
     watch: Watch
 
 
-def _go_list(keys: list[str]) -> str:
-    # daprd formats the key list with Go's %s: [a b]
-    return "[" + " ".join(keys) + "]"
-
-
 class UnsubscribeError(Exception):
     """Unsubscribing failed; the HTTP answer is a bare ``{"message"}``."""
 
 
 class ConfigurationAPIBlock:
+    kind: ClassVar[str] = "configuration"
+
     def __init__(self, app_id: str, channel: Callable[[], AppChannel] | None) -> None:
         self._app_id = app_id
         # None without --app-port: subscribing is refused, as daprd refuses it without an app channel.
@@ -53,24 +50,27 @@ class ConfigurationAPIBlock:
         self._subscriptions: dict[str, _Subscription] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    # --- the sidecar's side (runtime.blocks.PluggableBlock) -----------------------------------
+    # --- the component life cycle (runtime.block.BuildingBlock, runtime.block_hooks.AppFacing) --
 
-    def entry(
-        self, resource: ComponentResource, instance: Any, metadata: dict[str, Any]
-    ) -> ConfigurationStore:
-        store: ConfigurationStore = instance
-        return store
+    @classmethod
+    def create(cls, context: BlockContext) -> ConfigurationAPIBlock:
+        return cls(context.app_id, context.app_channel)
 
-    def put(self, name: str, entry: ConfigurationStore) -> None:
+    def build(self, component: LoadedComponent) -> ConfigurationStore:
+        return cast("ConfigurationStore", component.instance)
+
+    def capabilities(self, entry: ConfigurationStore) -> list[str]:
+        return []
+
+    def install(self, name: str, entry: ConfigurationStore | None) -> None:
         if name in self._stores:
-            self._drop(name, "its component changed")
-        self._stores[name] = entry
+            self._drop(name, "its component changed" if entry is not None else "its component was removed")
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
 
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
-        self._drop(name, "its component was removed")
-
-    async def app_ready(self, channel: AppChannel | None) -> None:
+    async def app_ready(self, channel: AppChannel) -> None:
         return None
 
     async def stop(self) -> None:
@@ -92,12 +92,10 @@ class ConfigurationAPIBlock:
 
     def _find(self, store: str) -> ConfigurationStore:
         if not self._stores:
-            raise APIError(
-                500, "ERR_CONFIGURATION_STORE_NOT_CONFIGURED", "configuration stores not configured"
-            )
+            raise errors.configuration_stores_not_configured()
         found = self._stores.get(store)
         if found is None:
-            raise APIError(400, "ERR_CONFIGURATION_STORE_NOT_FOUND", f"configuration store {store} not found")
+            raise errors.configuration_store_not_found(store)
         return found
 
     async def get(
@@ -108,17 +106,12 @@ class ConfigurationAPIBlock:
             return await component.get(keys, metadata)
         except Exception as exc:
             log.warning("configuration store %s: get failed: %s", store, exc)
-            message = f"failed to get {_go_list(keys)} from Configuration store {store}: {exc}"
-            raise APIError(500, "ERR_CONFIGURATION_GET", message) from None
+            raise errors.configuration_get_failed(keys, store, exc) from None
 
     async def subscribe(self, store: str, keys: list[str], metadata: dict[str, str]) -> str:
         component = self._find(store)
         if self._channel is None:
-            raise APIError(
-                500,
-                "ERR_APP_CHANNEL_NIL",
-                "app channel is not initialized. cannot subscribe to configuration updates",
-            )
+            raise errors.app_channel_nil()
         channel = self._channel()
         sub_id = str(uuid.uuid4())
 
@@ -129,8 +122,7 @@ class ConfigurationAPIBlock:
             watch = await component.subscribe(keys, metadata, push)
         except Exception as exc:
             log.warning("configuration store %s: subscribe failed: %s", store, exc)
-            message = f"failed to subscribe {_go_list(keys)} from Configuration store {store}: {exc}"
-            raise APIError(500, "ERR_CONFIGURATION_SUBSCRIBE", message) from None
+            raise errors.configuration_subscribe_failed(keys, store, exc) from None
         self._subscriptions[sub_id] = _Subscription(store, watch)
         return sub_id
 

@@ -6,15 +6,14 @@ It talks to stores only through ``components.lock.base.LockStore``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import ClassVar, cast
 
 from components.lock.base import LockStore, UnlockStatus
-from runtime.errors import APIError, malformed
-
-if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
-    from runtime.resources import ComponentResource
+from runtime import errors
+from runtime.block import BlockContext, ComponentProblem, LoadedComponent
+from runtime.errors import APIError
 
 log = logging.getLogger("pillion.lock")
 _SEPARATOR = "||"
@@ -42,69 +41,73 @@ def lock_key_prefix(strategy: str, app_id: str, store_name: str) -> str:
 
 
 class LockBlock:
+    kind: ClassVar[str] = "lock"
+
     def __init__(self, app_id: str) -> None:
         self._app_id = app_id
         self._stores: dict[str, LockEntry] = {}
 
-    # --- the sidecar's side (runtime.blocks.PluggableBlock) -----------------------------------
+    # --- the component life cycle (runtime.block.BuildingBlock) -------------------------------
 
-    def entry(self, resource: ComponentResource, instance: Any, metadata: dict[str, Any]) -> LockEntry:
-        return LockEntry(instance, lock_key_prefix(str(metadata["keyPrefix"]), self._app_id, resource.name))
+    @classmethod
+    def create(cls, context: BlockContext) -> LockBlock:
+        return cls(context.app_id)
 
-    def put(self, name: str, entry: LockEntry) -> None:
-        self._stores[name] = entry
+    def build(self, component: LoadedComponent) -> LockEntry:
+        strategy = str(component.metadata["keyPrefix"])
+        try:
+            prefix = lock_key_prefix(strategy, self._app_id, component.resource.name)
+        except ValueError as exc:
+            raise ComponentProblem(str(exc)) from None
+        return LockEntry(cast("LockStore", component.instance), prefix)
 
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
+    def capabilities(self, entry: LockEntry) -> list[str]:
+        return []
 
-    async def app_ready(self, channel: AppChannel | None) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+    def install(self, name: str, entry: LockEntry | None) -> None:
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
 
     # --- the API ------------------------------------------------------------------------------
 
     async def try_lock(self, store: str, resource_id: str, owner: str, expiry_seconds: int) -> bool:
         if expiry_seconds <= 0:
-            raise malformed(f"ExpiryInSeconds is not positive in lock store {store}")
+            raise errors.lock_expiry_not_positive(store)
         entry = self._find(store, resource_id, owner)
-        key = self._key(entry, resource_id, "ERR_TRY_LOCK", "failed to try acquiring lock")
+        key = self._key(entry, resource_id, errors.lock_try_failed)
         try:
             return await entry.store.try_lock(key, owner, expiry_seconds)
         except Exception as exc:
-            raise _failure("ERR_TRY_LOCK", "failed to try acquiring lock", exc) from None
+            log.warning("lock store %s: lock failed: %s", store, exc)
+            raise errors.lock_try_failed(str(exc) or type(exc).__name__) from None
 
     async def unlock(self, store: str, resource_id: str, owner: str) -> UnlockStatus:
         entry = self._find(store, resource_id, owner)
-        key = self._key(entry, resource_id, "ERR_UNLOCK", "failed to release lock")
+        key = self._key(entry, resource_id, errors.lock_unlock_failed)
         try:
             return await entry.store.unlock(key, owner)
         except Exception as exc:
-            raise _failure("ERR_UNLOCK", "failed to release lock", exc) from None
+            log.warning("lock store %s: unlock failed: %s", store, exc)
+            raise errors.lock_unlock_failed(str(exc) or type(exc).__name__) from None
 
     def _find(self, store: str, resource_id: str, owner: str) -> LockEntry:
         if not self._stores:
-            raise APIError(500, "ERR_LOCK_STORE_NOT_CONFIGURED", "lock store is not configured")
+            raise errors.lock_store_not_configured()
         if not resource_id:
-            raise malformed(f"ResourceId is empty in lock store {store}")
+            raise errors.lock_resource_id_empty(store)
         if not owner:
-            raise malformed(f"LockOwner is empty in lock store {store}")
+            raise errors.lock_owner_empty(store)
         entry = self._stores.get(store)
         if entry is None:
-            raise APIError(400, "ERR_LOCK_STORE_NOT_FOUND", f"lock store {store} not found")
+            raise errors.lock_store_not_found(store)
         return entry
 
     @staticmethod
-    def _key(entry: LockEntry, resource_id: str, code: str, what: str) -> str:
+    def _key(entry: LockEntry, resource_id: str, failure: Callable[[object], APIError]) -> str:
         if _SEPARATOR in resource_id:
-            problem = f"input key/keyPrefix '{resource_id}' can't contain '{_SEPARATOR}'"
-            raise APIError(500, code, f"{what}: {problem}")
+            raise failure(f"input key/keyPrefix '{resource_id}' can't contain '{_SEPARATOR}'")
         if entry.prefix:
             return f"lock{_SEPARATOR}{entry.prefix}{_SEPARATOR}{resource_id}"
         return f"lock{_SEPARATOR}{resource_id}"
-
-
-def _failure(code: str, what: str, exc: Exception) -> APIError:
-    log.warning("%s: %s", what, exc)
-    return APIError(500, code, f"{what}: {str(exc) or type(exc).__name__}")

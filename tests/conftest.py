@@ -48,6 +48,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.services)
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Tests marked ``anyio`` run on asyncio, as the sidecar does."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Sidecars started by tests register for `pillion status` here, not in the user's run dir."""

@@ -219,7 +219,9 @@ def test_replicas_racing_for_one_lock_never_overlap(kind: str, tmp_path: Path, r
         with sidecar.client() as client:
             while time.monotonic() < stop_at:
                 body = {"resourceId": resource, "lockOwner": owner, "expiryInSeconds": 30}
-                if not client.post(LOCK, json=body).json()["success"]:
+                answer = client.post(LOCK, json=body)
+                assert answer.status_code == 200, answer.text
+                if not answer.json()["success"]:
                     continue
                 with guard:
                     inside += 1
@@ -238,7 +240,7 @@ def test_replicas_racing_for_one_lock_never_overlap(kind: str, tmp_path: Path, r
         with ThreadPoolExecutor(12) as pool:
             counts = list(pool.map(lambda job: worker(*job), [(s, n) for s in sidecars for n in range(4)]))
         assert most_inside == 1
-        assert sum(counts) == entries > 50
+        assert sum(counts) == entries > 10
         assert sum(1 for c in counts if c) >= 3, counts  # the lock moved between workers
         # A holder that disappears: the others get the lock once its expiry passes, not before.
         crashed = {"resourceId": resource, "lockOwner": "crashed", "expiryInSeconds": 2}

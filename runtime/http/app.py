@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import APIError, direct_invoke_missing_app_id
+from runtime.errors import APIError, direct_invoke_failed, direct_invoke_missing_app_id, internal
 from runtime.http import bindings, configuration, lock, pubsub, runtime_api, secrets, state, unsupported
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
@@ -75,13 +75,7 @@ async def fallback(request: Request) -> Response:
     target = request.headers.get("dapr-app-id")
     if not target:
         return error_response(direct_invoke_missing_app_id())
-    return error_response(
-        APIError(
-            500,
-            "ERR_DIRECT_INVOKE",
-            f"failed to invoke, id: {target}, err: service invocation is not available in Pillion",
-        )
-    )
+    return error_response(direct_invoke_failed(target, "service invocation is not available in Pillion"))
 
 
 async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,7 +112,7 @@ async def _unescape_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(APIError(500, "ERR_INTERNAL", "internal error; see the sidecar log"))
+    return error_response(internal())
 
 
 def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.0") -> BaseRoute:
@@ -208,8 +202,9 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + unsupported_routes()
-    routes += bindings_routes() + configuration_routes() + lock_routes() + (extra_routes or [])
+    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes()
+    routes += bindings_routes() + configuration_routes() + lock_routes() + unsupported_routes()
+    routes += extra_routes or []
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]

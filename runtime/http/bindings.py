@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.bindings import BindingsBlock, OutputBindingError
+from runtime.bindings import BindingsBlock, OutputBindingFailed
 from runtime.errors import malformed
 from runtime.http.wire import (
     JSON,
@@ -21,7 +21,7 @@ from runtime.http.wire import (
 
 
 def _block(request: Request) -> BindingsBlock:
-    block: BindingsBlock = request.app.state.sidecar.plugged["bindings"]
+    block: BindingsBlock = request.app.state.sidecar.blocks.get(BindingsBlock)
     return block
 
 
@@ -49,8 +49,8 @@ async def invoke(request: Request) -> Response:
     operation = optional_string(field(body, "operation"), "operation")
     try:
         response = await _block(request).invoke(name, data, metadata, operation)
-    except OutputBindingError as exc:
-        rendered = error_response(exc)
+    except OutputBindingFailed as exc:
+        rendered = error_response(exc.error)
         rendered.headers.update(_metadata_headers(exc.metadata))
         return rendered
     if response is None:

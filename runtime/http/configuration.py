@@ -10,7 +10,7 @@ from runtime.http.wire import json_response, no_content, path_param, query_metad
 
 
 def _block(request: Request) -> ConfigurationAPIBlock:
-    block: ConfigurationAPIBlock = request.app.state.sidecar.plugged["configuration"]
+    block: ConfigurationAPIBlock = request.app.state.sidecar.blocks.get(ConfigurationAPIBlock)
     return block
 
 

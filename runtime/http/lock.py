@@ -11,7 +11,7 @@ from runtime.lock import LockBlock
 
 
 def _block(request: Request) -> LockBlock:
-    block: LockBlock = request.app.state.sidecar.plugged["lock"]
+    block: LockBlock = request.app.state.sidecar.blocks.get(LockBlock)
     return block
 
 
