@@ -27,6 +27,26 @@ STATE_FIELDS = MetadataSchema(
             "offers no query API.",
         ),
         MetadataField(
+            "outboxPublishPubsub",
+            default="",
+            description="Transactional outbox: the pubsub that receives a message for each upsert of a "
+            "state transaction, published only if the transaction committed (docs/outbox.md).",
+        ),
+        MetadataField("outboxPublishTopic", default="", description="Transactional outbox: their topic."),
+        MetadataField(
+            "outboxPubsub",
+            default="",
+            description="Transactional outbox: the pubsub of the internal hand-off topic (default: "
+            "`outboxPublishPubsub`).",
+        ),
+        MetadataField(
+            "outboxDiscardWhenMissingState",
+            FieldType.BOOLEAN,
+            default=False,
+            description="Transactional outbox: drop a staged message at once when its transaction's "
+            "marker is not found (default: wait for it, dropping it after 2 minutes).",
+        ),
+        MetadataField(
             "secondaryEncryptionKey",
             default="",
             sensitive=True,

@@ -84,6 +84,7 @@ class Code(StrEnum):
     SECRET_STORE_NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
     PERMISSION_DENIED = "ERR_PERMISSION_DENIED"
     SECRET_GET = "ERR_SECRET_GET"
+    PUBLISH_OUTBOX = "ERR_PUBLISH_OUTBOX"
     # bindings
     INVOKE_OUTPUT_BINDING = "ERR_INVOKE_OUTPUT_BINDING"
     # distributed lock
@@ -559,6 +560,16 @@ def secret_bulk_get_failed(store: str, problem: object) -> APIError:
         GrpcCode.INTERNAL,
         Code.SECRET_GET,
         f"failed getting secrets from secret store {store}: {problem}",
+    )
+
+
+def outbox_publish_failed(app_id: str, problem: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.PUBLISH_OUTBOX,
+        f"error while publishing outbox message: {problem}",
+        ErrorInfo("DAPR_PUBSUB_OUTBOX", {"appID": app_id, "error": problem}),
     )
 
 

@@ -36,6 +36,7 @@ from runtime.tracing import Tracer, create_tracer
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.hot_reload import ResourceWatcher
+    from runtime.outbox import Outbox
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
 
@@ -106,6 +107,7 @@ class Sidecar:
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
         self.channel: AppChannel | None = None
         self._watcher: ResourceWatcher | None = None
+        self.outbox: Outbox | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -146,8 +148,20 @@ class Sidecar:
         self.components.blocks = self.blocks
         # Secret stores start before the components whose secretKeyRefs read from them.
         await self.components.start(init_order(resources))
+        await self._start_outbox()
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
+
+    async def _start_outbox(self) -> None:
+        """Relay staged messages of the state stores with an outbox (runtime/outbox.py)."""
+        stores = self.state.outbox_stores()
+        if not stores:
+            return
+        from runtime.outbox import Outbox
+
+        self.outbox = Outbox(self.options.app_id, self.state, self.pubsub)
+        self.state.outbox = self.outbox
+        await self.outbox.start(stores)
 
     async def stop_components(self) -> None:
         for task in self._background:
@@ -156,6 +170,8 @@ class Sidecar:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
         await self.pubsub.stop_subscriptions(self.options.drain_timeout)
+        if self.outbox is not None:
+            await self.outbox.stop()
         for block in self.blocks.all():
             if isinstance(block, AppFacing):
                 await block.stop()

@@ -30,9 +30,11 @@ from components.state.base import (
 from components.state.query import QueryPage, parse_query
 from runtime import errors
 from runtime.block import BlockContext, ComponentProblem, LoadedComponent
+from runtime.outbox_settings import OutboxSettings
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.outbox import Outbox
 
 log = logging.getLogger("pillion")
 
@@ -83,6 +85,8 @@ class StoreEntry:
     name: str
     store: StateStore
     prefix: str
+    # Transactional outbox settings (runtime/outbox.py); None when the store has none.
+    outbox: OutboxSettings | None = None
 
 
 class OptionError(ValueError):
@@ -125,6 +129,8 @@ class StateBlock:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
+        # Set by the sidecar once the pubsub block exists: stages outbox messages in transactions.
+        self.outbox: Outbox | None = None
 
     @classmethod
     def create(cls, context: BlockContext) -> StateBlock:
@@ -139,7 +145,13 @@ class StateBlock:
             prefix = key_prefix(str(component.metadata["keyPrefix"]), self.app_id, name)
         except ValueError as exc:
             raise ComponentProblem(str(exc)) from None
-        return StoreEntry(name, store, prefix)
+        outbox = OutboxSettings.from_metadata(component.metadata)
+        if outbox is not None and StateFeature.TRANSACTIONAL not in store.features:
+            raise ComponentProblem("the outbox (outboxPublishPubsub) needs a store with transactions")
+        return StoreEntry(name, store, prefix, outbox)
+
+    def outbox_stores(self) -> list[tuple[StoreEntry, OutboxSettings]]:
+        return [(e, e.outbox) for e in self._stores.values() if e.outbox is not None]
 
     def capabilities(self, entry: StoreEntry) -> list[str]:
         features = {str(f) for f in entry.store.features}
@@ -259,11 +271,16 @@ class StateBlock:
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
             raise errors.state_too_many_operations(len(ops), limit)
+        markers: list[SetOp] = []
+        if entry.outbox is not None and self.outbox is not None:
+            # Published to the internal topic before anything is written: a failure stops here.
+            ops, markers = await self.outbox.stage(entry, entry.outbox, ops, "")
         try:
             store_ops: list[Operation] = [
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
                 for op in ops
             ]
+            store_ops.extend(markers)
             await target.transact(store_ops)
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key

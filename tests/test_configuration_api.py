@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +16,9 @@ import pytest
 import redis
 
 from tests.echo_app import EchoApp, Seen
+from tests.private_redis import PrivateRedis
 from tests.state_support import component
-from tests.support import SidecarProcess, free_port, start_sidecar
+from tests.support import SidecarProcess, start_sidecar
 
 TABLE = "config_items"
 CHANNEL = "config_changes"
@@ -41,30 +40,9 @@ CREATE TRIGGER config_items_notify AFTER INSERT OR UPDATE ON {TABLE}
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of this module's own: the component turns keyspace notifications on, which
     must never happen to a shared server."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is needed (Debian/Ubuntu: apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("config-redis")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("the private redis-server did not start")
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    server = PrivateRedis(tmp_path_factory.mktemp("config-redis"))
+    yield server.address
+    server.stop()
 
 
 def run_sql(url: str, sql: str, *args: object) -> None:
