@@ -341,3 +341,30 @@ def test_localstorage_base64_rule_is_daprds(sidecar: SidecarProcess, files: Path
     # A plain string that happens to be valid base64 is decoded too, as daprd does.
     invoke(sidecar, "files", "create", "abcd", fileName="b64.txt")
     assert (files / "b64.txt").read_bytes() == base64.b64decode("abcd")
+
+
+def test_input_bindings_follow_hot_reload(tmp_path: Path) -> None:
+    """A cron binding added after the app was found starts delivering; removed, it stops."""
+    app = EchoApp(tmp_path / "app")
+    sidecar = start_sidecar(
+        tmp_path,
+        resources={"s.yaml": component("statestore", "state.in-memory", {})},
+        extra_args=["--app-port", str(app.port)],
+    )
+    folder = tmp_path / "resources"
+    try:
+        (folder / "tick.yaml").write_text(component("late", "bindings.cron", {"schedule": "@every 1s"}))
+        app.wait_for(2, "POST", "/late", timeout=15)
+        assert app.seen("OPTIONS", "/late")
+        (folder / "tick.yaml").unlink()
+        wait = time.monotonic() + 10
+        while "removed bindings late" not in sidecar.log():
+            assert time.monotonic() < wait, sidecar.log()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        count = len(app.seen("POST", "/late"))
+        time.sleep(2.5)
+        assert len(app.seen("POST", "/late")) == count
+    finally:
+        sidecar.stop()
+        app.stop()

@@ -259,3 +259,13 @@ def test_replicas_racing_for_one_lock_never_overlap(kind: str, tmp_path: Path, r
     finally:
         for sidecar in sidecars:
             sidecar.stop()
+
+
+def test_lock_sqlite_defaults_to_the_shared_folder(tmp_path: Path) -> None:
+    sidecar = start_sidecar(tmp_path, resources={"l.yaml": component("lockstore", "lock.sqlite", {})})
+    try:
+        body = {"resourceId": "r", "lockOwner": "o", "expiryInSeconds": 5}
+        assert httpx.post(f"{sidecar.url}/v1.0-alpha1/lock/lockstore", json=body).json() == {"success": True}
+        assert (sidecar.data_dir / "locks.db").exists()  # --data-dir is the shared folder here
+    finally:
+        sidecar.stop()
