@@ -202,8 +202,10 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes()
-    routes += bindings_routes() + configuration_routes() + lock_routes() + unsupported_routes()
+    # The router tries routes in order: the per-request APIs first (a lock is taken and released
+    # at a high rate), the rare ones (metadata, configuration reads) after.
+    routes = state_routes() + pubsub_routes() + lock_routes() + runtime_routes() + secrets_routes()
+    routes += bindings_routes() + configuration_routes() + unsupported_routes()
     routes += extra_routes or []
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
