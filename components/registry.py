@@ -34,6 +34,9 @@ _COMPONENTS: dict[str, str] = {
     "configuration.postgres": "components.configuration.postgresql:PostgreSQLConfigurationStore",
     "lock.redis": "components.lock.redis:RedisLockStore",
     "lock.sqlite": "components.lock.sqlite:SQLiteLockStore",
+    "nameresolution.sqlite": "components.nameresolution.sqlite:SQLiteNameResolver",
+    "nameresolution.redis": "components.nameresolution.redis:RedisNameResolver",
+    "nameresolution.kubernetes": "components.nameresolution.kubernetes:KubernetesNameResolver",
 }
 
 

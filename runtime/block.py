@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.configuration import Configuration
     from runtime.metrics import Metrics
+    from runtime.resiliency import Resiliency
     from runtime.resources import ComponentResource
     from runtime.tracing import Tracer
 
@@ -49,6 +50,8 @@ class BlockContext:
     tracer: Tracer | None = None
     # The channel to the app (made on first use); None without --app-port.
     app_channel: Callable[[], AppChannel] | None = None
+    # kind: Resiliency resources: policies for component targets (docs/invocation.md).
+    resiliency: Resiliency | None = None
 
 
 class BuildingBlock(Protocol):

@@ -1,7 +1,8 @@
 """The ``Configuration`` resource given with ``--config FILE``: secret scopes and API switches.
 
 Other ``spec`` sections (metrics, ...) are read by the parts that use them; this module reads
-``spec.secrets.scopes``, ``spec.api`` and ``spec.tracing`` (sampling rate, OTLP endpoint). Mistakes
+``spec.secrets.scopes``, ``spec.api``, ``spec.tracing`` (sampling rate, OTLP endpoint),
+``spec.accessControl`` and ``spec.nameResolution``. Mistakes
 stop start-up with one line naming the file and the field, including a ``defaultAccess`` that is
 neither allow nor deny (daprd treats a typo there as allow).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from runtime.acl import AccessControl, parse_access_control
 from runtime.resources import API_VERSION, ResourceError
 from runtime.tracing import TracingSettings
 
@@ -27,7 +29,7 @@ ALWAYS_ON_GROUPS = frozenset({"healthz"})
 
 @dataclass(frozen=True)
 class SecretScope:
-    """Which secrets of one store the secrets API may hand out (reference section 3.3)."""
+    """Which secrets of one store the secrets API may hand out (docs/secrets.md: Configuration)."""
 
     store: str
     default_allow: bool = True
@@ -74,6 +76,9 @@ class Configuration:
     api_allowed: frozenset[APIRule] = frozenset()
     api_denied: frozenset[APIRule] = frozenset()
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    # spec.accessControl (invocations of this app) and spec.nameResolution (docs/invocation.md).
+    access_control: AccessControl | None = None
+    name_resolution: Mapping[str, Any] = field(default_factory=dict)
 
     def api_enabled(self, version: str, route: str) -> bool:
         """Whether the endpoint ``/<version>/<route>`` is served (daprd's ``IsAllowed``)."""
@@ -214,6 +219,11 @@ def load_configuration(file: Path) -> Configuration:
     reader = _Reader(file, name)
     spec = reader.mapping(doc.get("spec"), "spec")
     api = reader.mapping(spec.get("api"), "spec.api")
+    try:
+        access_control = parse_access_control(spec.get("accessControl"))
+    except ValueError as exc:
+        where, _, problem = str(exc).partition(": ")
+        raise reader.error(where, problem) from None
     return Configuration(
         name=name,
         file=file,
@@ -221,4 +231,6 @@ def load_configuration(file: Path) -> Configuration:
         api_allowed=reader.rules(api, "allowed"),
         api_denied=reader.rules(api, "denied"),
         tracing=reader.tracing(spec),
+        access_control=access_control,
+        name_resolution=reader.mapping(spec.get("nameResolution"), "spec.nameResolution"),
     )

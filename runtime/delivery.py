@@ -1,4 +1,4 @@
-"""Delivering messages to the app (reference sections 2.6 and 2.7).
+"""Delivering messages to the app (docs/pubsub.md: Delivery).
 
 A :class:`Deliverer` is the handler a broker calls for each message of one subscription. It routes
 the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts are tried again
@@ -34,10 +34,14 @@ from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy
 
 log = logging.getLogger("pillion.pubsub")
 
 DEFAULT_CONCURRENCY = 10
+# Tries per message without a dead-letter topic: daprd hands the failure back to the broker, whose
+# redelivery may lose it; Pillion keeps trying instead (docs/invocation.md).
+_ATTEMPTS_WITHOUT_DEAD_LETTER = 5
 _BACKOFF_MULTIPLIER = 1.5
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Headers the sidecar sets itself; message metadata with these names is not passed on.
@@ -54,7 +58,8 @@ _OWN_HEADERS = frozenset(
     }
 )
 
-DeadLetter = Callable[[str, Message], Awaitable[None]]
+# (dead-letter topic, message, why it is given up)
+DeadLetter = Callable[[str, Message, str], Awaitable[None]]
 
 
 class Outcome(Enum):
@@ -64,7 +69,7 @@ class Outcome(Enum):
 
 
 def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
-    """What the app's answer means (section 2.7), with a reason for the log."""
+    """What the app's answer means (the table in docs/pubsub.md: Delivery), with a reason for the log."""
     if 200 <= status <= 299:
         try:
             answer = json.loads(body) if body.strip() else None
@@ -95,13 +100,28 @@ class DeliveryPolicy:
     concurrency: int
 
     @classmethod
-    def resolve(cls, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> DeliveryPolicy:
-        """The component's settings, each overridden by the subscription's metadata when given."""
+    def resolve(
+        cls,
+        defaults: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        dead_letter: bool = False,
+        inbound: Policy | None = None,
+    ) -> DeliveryPolicy:
+        """The component's settings, each overridden by the subscription's metadata when given.
+
+        Without ``deliveryMaxAttempts`` anywhere: a Resiliency inbound retry policy decides, else
+        daprd's default, one try when there is a dead-letter topic (docs/invocation.md).
+        """
         merged = {**defaults, **overrides}
+        if inbound is not None:
+            merged = {**merged, **inbound.delivery_settings(), **overrides}
+        attempts = merged["deliveryMaxAttempts"]
+        if attempts is None:
+            attempts = 1 if dead_letter else _ATTEMPTS_WITHOUT_DEAD_LETTER
         concurrency = merged.get("concurrency")
         timeout = float(merged["deliveryTimeout"])
         return cls(
-            max_attempts=int(merged["deliveryMaxAttempts"]),
+            max_attempts=int(attempts),
             retry_interval=float(merged["deliveryRetryInterval"]),
             max_retry_interval=float(merged["deliveryMaxRetryInterval"]),
             timeout=timeout if timeout > 0 else None,
@@ -151,6 +171,11 @@ class Deliverer:
             self._calling.discard(task)
             self._waiting.discard(task)
 
+    @property
+    def in_flight(self) -> int:
+        """Messages being delivered now, or waiting for their next try."""
+        return len(self._calling) + len(self._waiting)
+
     def cancel_all(self) -> None:
         """Past the drain timeout: interrupt calls still running (their messages stay with the broker)."""
         for task in self._calling | self._waiting:
@@ -182,7 +207,7 @@ class Deliverer:
             log.warning("dropping expired pub/sub event %s as of %s", event_id, event.get("expiration"))
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(subscription.dead_letter_topic, message, "the event expired")
             return
         try:
             path = subscription.route(event)
@@ -193,7 +218,9 @@ class Deliverer:
             log.debug("no matching route for event %s on %s; skipping", event_id, self._where)
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(
+                        subscription.dead_letter_topic, message, "no route matched the event"
+                    )
             return
         await self._deliver(message, event, body, path if path.startswith("/") else "/" + path, metadata)
 
@@ -259,7 +286,7 @@ class Deliverer:
                 fate = f"sent to dead-letter topic {where_to}" if where_to else "dropped"
                 log.log(level, "event %s on %s to %s %s: %s", event_id, self._where, path, fate, reason)
                 if self.subscription.dead_letter_topic:
-                    await self._send_to_dead_letter(message, event_id)
+                    await self._send_to_dead_letter(message, event_id, reason)
                 elif metrics is not None:
                     metrics.dropped(*self._labels)
                 return status, reason
@@ -306,7 +333,7 @@ class Deliverer:
         topic = self.subscription.dead_letter_topic
         if topic:
             log.warning("%s: %s%s; sending it to dead-letter topic %s", self._where, reason, tries, topic)
-            await self._send_to_dead_letter(message, None)
+            await self._send_to_dead_letter(message, None, reason + tries)
         else:
             log.warning(
                 "%s: %s%s; dropping it (the subscription has no deadLetterTopic)", self._where, reason, tries
@@ -314,10 +341,10 @@ class Deliverer:
             if self._metrics is not None:
                 self._metrics.dropped(*self._labels)
 
-    async def _send_to_dead_letter(self, message: Message, event_id: Any) -> None:
+    async def _send_to_dead_letter(self, message: Message, event_id: Any, reason: str) -> None:
         topic = self.subscription.dead_letter_topic
         try:
-            await self._dead_letter(topic, message)
+            await self._dead_letter(topic, message, reason)
         except Exception as exc:
             if self._metrics is not None:
                 self._metrics.component_error(self.subscription.pubsubname, "publish")

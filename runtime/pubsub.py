@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.delivery import Deliverer
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy, Resiliency
 
 log = logging.getLogger("pillion.pubsub")
 
 
-# --- topic scopes (reference section 2.8) ------------------------------------------------------
+# --- topic scopes (docs/pubsub.md) ------------------------------------------------------------
 
 
 def _topics(text: str) -> list[str]:
@@ -85,6 +86,15 @@ class BrokerEntry:
     scopes: TopicScopes
     # The component's typed metadata: delivery defaults (deliveryMaxAttempts, ...) and concurrency.
     settings: dict[str, Any] = field(default_factory=dict)
+    # Resiliency policies of the component: publishing (outbound), deliveries (inbound).
+    outbound: Policy | None = None
+    inbound: Policy | None = None
+
+    async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
+        if self.outbound is None:
+            await self.broker.publish(topic, data, metadata)
+        else:
+            await self.outbound.run(lambda: self.broker.publish(topic, data, metadata))
 
     @property
     def expires_messages(self) -> bool:
@@ -93,7 +103,7 @@ class BrokerEntry:
 
 @dataclass(slots=True)
 class Publication:
-    """One message to publish, as the HTTP layer read it."""
+    """One message to publish, as a transport read it."""
 
     data: bytes
     content_type: str
@@ -134,6 +144,7 @@ class PubSubBlock:
         self._entries = {entry.name: entry for entry in entries}
         self.metrics = metrics
         self.tracer = tracer or Tracer()
+        self.resiliency: Resiliency | None = None
         self._declared: list[Subscription] = []
         self._programmatic: list[Subscription] = []
         # Per (pubsub, topic): the subscriptions delivering now.
@@ -147,14 +158,21 @@ class PubSubBlock:
 
     @classmethod
     def create(cls, context: BlockContext) -> PubSubBlock:
-        return cls(context.app_id, [], context.metrics, context.tracer)
+        block = cls(context.app_id, [], context.metrics, context.tracer)
+        block.resiliency = context.resiliency
+        return block
 
     # --- the component life cycle (runtime/component_set.py) -----------------------------------
 
     def build(self, component: LoadedComponent) -> BrokerEntry:
         scopes = TopicScopes.from_metadata(component.metadata, self.app_id)
         broker = cast(PubSub, component.instance)
-        return BrokerEntry(component.resource.name, broker, scopes, component.metadata)
+        name = component.resource.name
+        entry = BrokerEntry(name, broker, scopes, component.metadata)
+        if self.resiliency is not None:
+            entry.outbound = self.resiliency.for_component(name, "outbound", "Pubsub")
+            entry.inbound = self.resiliency.for_component(name, "inbound", "Pubsub")
+        return entry
 
     def capabilities(self, entry: BrokerEntry) -> list[str]:
         return sorted(str(f) for f in entry.broker.features)
@@ -170,6 +188,9 @@ class PubSubBlock:
     @property
     def has_brokers(self) -> bool:
         return bool(self._entries)
+
+    def broker(self, name: str) -> BrokerEntry | None:
+        return self._entries.get(name)
 
     def entry(self, name: str, topic: str, metadata: Mapping[str, str]) -> BrokerEntry:
         """The broker for a publish request, checked in daprd's order: name, broker, topic."""
@@ -207,7 +228,7 @@ class PubSubBlock:
     def _wrap(
         self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
     ) -> bytes:
-        """The bytes that go on the broker: the CloudEvent envelope (section 2.2)."""
+        """The bytes that go on the broker: the CloudEvent envelope (docs/pubsub.md: Publishing)."""
         metadata = publication.metadata
         if cloudevents.is_cloudevent(publication.content_type):
             try:
@@ -255,7 +276,7 @@ class PubSubBlock:
             data = self._wrap(entry, topic, publication, traceparent, tracestate)
         self._check_scope(entry, topic)
         try:
-            await entry.broker.publish(topic, data, metadata)
+            await entry.publish(topic, data, metadata)
         except Exception as exc:
             self._count_failure(entry)
             raise errors.pubsub_publish_failed(entry.name, topic, str(exc) or type(exc).__name__) from None
@@ -291,7 +312,7 @@ class PubSubBlock:
         failed: list[FailedEntry] = []
         for entry_id, data, metadata, span in ready:
             try:
-                await entry.broker.publish(topic, data, metadata)
+                await entry.publish(topic, data, metadata)
             except Exception as exc:
                 self._count_failure(entry)
                 failed.append(FailedEntry(entry_id, str(exc) or type(exc).__name__))
@@ -367,7 +388,9 @@ class PubSubBlock:
                 "%s is not allowed for app id %s (subscriptionScopes); not started", where, self.app_id
             )
             return
-        policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+        policy = DeliveryPolicy.resolve(
+            entry.settings, subscription.overrides, bool(subscription.dead_letter_topic), entry.inbound
+        )
         stopping = asyncio.Event()
         deliverer = Deliverer(
             subscription, policy, channel, self._dead_letter(entry), stopping, self.metrics, self.tracer
@@ -381,13 +404,22 @@ class PubSubBlock:
         self._running[subscription.key] = _Running(handle, deliverer, stopping)
         log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
 
-    @staticmethod
-    def _dead_letter(entry: BrokerEntry) -> Callable[[str, Message], Awaitable[None]]:
-        async def republish(topic: str, message: Message) -> None:
-            # The original bytes and metadata, so the app sees the original topic in the event.
-            await entry.broker.publish(topic, message.data, message.metadata)
+    def _dead_letter(self, entry: BrokerEntry) -> Callable[[str, Message, str], Awaitable[None]]:
+        from runtime.deadletters import mark
+
+        async def republish(topic: str, message: Message, reason: str) -> None:
+            # The original bytes, so the app sees the original topic in the event; the metadata
+            # gains why and when, for whoever inspects the dead letters.
+            await entry.broker.publish(topic, message.data, mark(message, reason, self.app_id))
 
         return republish
+
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Per (pubsub, topic): messages handed to the app or waiting to be retried now.
+
+        Read from the metrics thread while the loop changes the subscriptions: a snapshot.
+        """
+        return {key: running.deliverer.in_flight for key, running in list(self._running.items())}
 
     @property
     def started(self) -> bool:

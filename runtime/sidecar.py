@@ -23,11 +23,13 @@ from runtime.block_hooks import AppFacing
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
-from runtime.metrics import Metrics, MetricsServer
+from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
+from runtime.resiliency import Resiliency, load_resiliency
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
-from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.secrets import Redactor, SecretsBlock
+from runtime.service_invocation import InvocationOptions
 from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.hot_reload import ResourceWatcher
     from runtime.outbox import Outbox
+    from runtime.service_invocation import ServiceInvocation
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
 
@@ -65,6 +68,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
+    invocation: InvocationOptions = field(default_factory=InvocationOptions)
+    # --enable-api-logging: one log line per API call.
+    api_logging: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -101,6 +108,7 @@ class Sidecar:
         self.extended: dict[str, str] = {}
         self.metrics = Metrics(options.app_id)
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self.metrics.registry.register(InFlightCollector(options.app_id, self._in_flight))
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
         self.tracer = Tracer()
@@ -108,6 +116,8 @@ class Sidecar:
         self.channel: AppChannel | None = None
         self._watcher: ResourceWatcher | None = None
         self.outbox: Outbox | None = None
+        self.invocation: ServiceInvocation | None = None
+        self.resiliency: Resiliency | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -116,6 +126,7 @@ class Sidecar:
             self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
             components = load_components(self.options.resources_paths, self.options.app_id)
+            self.resiliency = load_resiliency(self.options.resources_paths, self.options.app_id)
             subscriptions = load_subscriptions(self.options.resources_paths, self.options.app_id)
             try:
                 self.declared_subscriptions = [from_resource(s) for s in subscriptions]
@@ -143,11 +154,17 @@ class Sidecar:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
         channel = self.app_channel if self.options.app_port is not None else None
-        context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer, channel)
+        context = BlockContext(
+            self.options.app_id,
+            self.configuration,
+            self.metrics,
+            self.tracer,
+            app_channel=channel,
+            resiliency=self.resiliency,
+        )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
-        # Secret stores start before the components whose secretKeyRefs read from them.
-        await self.components.start(init_order(resources))
+        await self.components.start(resources)
         await self._start_outbox()
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
@@ -166,6 +183,9 @@ class Sidecar:
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        if self.invocation is not None:
+            await self.invocation.close()
+            self.invocation = None
         if self._watcher is not None:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
@@ -187,6 +207,16 @@ class Sidecar:
         if self.app_reachable and not self.pubsub.started and self.options.app_port is not None:
             # The first pubsub arrived after the app was found: its subscriptions start now.
             await self.start_subscriptions()
+
+    async def _start_invocation(self) -> None:
+        from runtime.service_invocation import InvocationSetupError, ServiceInvocation
+
+        invocation = ServiceInvocation(self, self.options.invocation)
+        self.invocation = invocation
+        try:
+            await invocation.start()
+        except InvocationSetupError as exc:
+            raise StartupError(str(exc)) from None
 
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -302,6 +332,30 @@ class Sidecar:
             body["subscriptions"] = subscriptions
         return body
 
+    def component_report(self) -> list[dict[str, Any]]:
+        """Every component, loaded or failed (with the reason), for ``pillion dashboard``."""
+        loaded = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                "status": "loaded",
+                "capabilities": c.capabilities,
+            }
+            for c in self.components.components
+        ]
+        failed = [
+            {
+                "name": r.name,
+                "type": r.type,
+                "version": r.version or "v1",
+                "status": "failed",
+                "reason": reason,
+            }
+            for r, reason in self.components.failed.values()
+        ]
+        return loaded + failed
+
     # --- serving -------------------------------------------------------------------------------
 
     def bind(self) -> socket.socket:
@@ -349,6 +403,7 @@ class Sidecar:
             if not self.options.resources_paths:
                 options = self.options
                 await asyncio.to_thread(embedded.adopt_legacy_data, options.app_id, options.data_dir)
+            await self._start_invocation()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
@@ -385,6 +440,9 @@ class Sidecar:
             raise StartupError(self._fatal)
 
     # --- observability -------------------------------------------------------------------------
+
+    def _in_flight(self) -> dict[tuple[str, str], int]:
+        return self.pubsub.in_flight()  # the block is replaced when components start
 
     def _app_pid(self) -> int | None:
         # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.

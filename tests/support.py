@@ -95,7 +95,7 @@ def start_sidecar(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait_path: str = "/v1.0/healthz/outbound",
-    timeout: float = 20,
+    timeout: float = 60,
     isolated: bool = True,
 ) -> SidecarProcess:
     """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise.
