@@ -152,6 +152,11 @@ class AppChannel:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AppCallFailed(repr(exc)) from None
 
+    async def options(self, path: str, time_limit: float) -> AppReply:
+        """``OPTIONS path``, daprd's question whether the app takes an input binding's events."""
+        headers = self._headers({"content-type": b"application/json"})
+        return await self._call("OPTIONS", path, headers, None, time_limit)
+
     async def wait_reachable(self) -> None:
         """Return once the app's port accepts connections (one probe shared by every waiter) and,
         with health checks, once the app is healthy."""

@@ -134,7 +134,11 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     parser.add_argument(
         "--max-body-size", type=parse_size, default=parse_size("4Mi"), help="request body limit (4Mi)"
     )
-    parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the embedded default stores live (default ~/.pillion, shared by all apps)",
+    )
     parser.add_argument(
         *short("--config", "-c"),
         type=Path,
