@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 from runtime import docgen
 from tests.support import ROOT
@@ -59,3 +61,30 @@ def test_the_architecture_map_shows_every_runtime_module() -> None:
         if path.name not in ("__init__.py", "__main__.py")
     }
     assert sorted(modules - named) == []
+
+
+# --- nothing in the repository points outside it --------------------------------------------------
+
+# A file beside the checkout, or the numbered sections of one, named as a source.
+_OUTSIDE = re.compile(
+    r"\.\./shared|/work/|\breference sections?\s+\d"
+    r"|dapr-(?:http-api|grpc-api|invocation|more-blocks)\.md"
+)
+_TEXT_FILES = (".py", ".md", ".yaml", ".yml", ".toml", ".ts", ".mjs", ".js", ".go", ".sh")
+# Still to do, left to the middleware rewrite under way there; listed so the list cannot go stale.
+_PENDING = {"runtime/http/auth.py"}
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """Code and docs cite docs/ or public Dapr sources, never a file beside the checkout."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True)
+    offenders: dict[str, list[str]] = {}
+    for name in listed.stdout.splitlines():
+        path = ROOT / name
+        if path.suffix not in _TEXT_FILES or path == Path(__file__).resolve() or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if _OUTSIDE.search(line):
+                offenders.setdefault(name, []).append(f"{number}: {line.strip()}")
+    assert {name: lines for name, lines in offenders.items() if name not in _PENDING} == {}
+    assert set(offenders) >= _PENDING, "fixed: take it off _PENDING"
