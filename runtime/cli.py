@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from runtime.compat_flags import add_ignored_flags, warn_ignored
 from runtime.dashboard import cli as dashboard_cli
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
-from runtime.run import run
+from runtime.run import free_port, run
 from runtime.service_invocation import InvocationOptions
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
@@ -482,13 +481,6 @@ def certs(args: argparse.Namespace) -> int:
     print(f"pillion: CA for trust domain {args.trust_domain!r} written to {path} (key beside it, mode 0600)")
     print("pillion: copy this folder to every host whose sidecars should call each other (--ca-dir)")
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
