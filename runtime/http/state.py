@@ -12,9 +12,15 @@ from components.state.base import StoredItem
 from runtime.errors import APIError, malformed
 from runtime.http.wire import (
     JSON,
+    NO_CONTENT_REPLY,
+    Headers,
+    Reply,
+    ReplyResponse,
     decode_json,
     encode_value,
     field,
+    json_reply,
+    metadata_from_query,
     no_content,
     optional_string,
     path_param,
@@ -22,6 +28,7 @@ from runtime.http.wire import (
     raw_json,
     read_body,
     string_map,
+    unescape,
 )
 from runtime.state import DeleteItem, SaveItem, StateBlock
 
@@ -64,32 +71,47 @@ def _save_item(raw: Any, query_meta: dict[str, str]) -> SaveItem:
 
 
 async def get_state(request: Request) -> Response:
-    store = path_param(request, "store")
-    key = path_param(request, "key")
-    item = await _block(request).get(store, key)
+    params = request.path_params
+    return ReplyResponse(await read_state(_block(request), params["store"], params["key"]))
+
+
+async def read_state(block: StateBlock, raw_store: str, raw_key: str) -> Reply:
+    """GET /v1.0/state/{store}/{key}, from the path parameters as they arrived (still escaped)."""
+    item = await block.get(unescape(raw_store), unescape(raw_key))
     if item is None:
-        return no_content()
-    headers: dict[str, str] = {}
+        return NO_CONTENT_REPLY
+    headers: Headers = []
     if item.etag is not None:
-        headers["etag"] = item.etag
-    expire = _expire_text(item)
-    if expire is not None:
-        headers["metadata.ttlExpireTime"] = expire
-    return Response(item.data, 200, headers, media_type=JSON)
+        headers.append((b"etag", item.etag.encode("latin-1")))
+    if item.expires_at is not None:
+        headers.append((b"metadata.ttlexpiretime", item.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").encode()))
+    return json_reply(200, item.data, headers)
 
 
 async def save_state(request: Request) -> Response:
-    store = path_param(request, "store")
     block = _block(request)
+    store = check_save_target(block, request.path_params["store"])
+    body = await read_body(request)
+    return ReplyResponse(await write_state(block, store, body, request.scope["query_string"]))
+
+
+def check_save_target(block: StateBlock, raw_store: str) -> str:
+    """The store of POST /v1.0/state/{store}, checked before the body is read."""
+    store = unescape(raw_store)
     block.entry(store)
-    body = decode_json(await read_body(request))
+    return store
+
+
+async def write_state(block: StateBlock, store: str, raw_body: bytes, query: bytes) -> Reply:
+    """POST /v1.0/state/{store} once the body is read."""
+    body = decode_json(raw_body)
     if not isinstance(body, list):
         raise malformed("failed deserializing HTTP body: expected an array of state items")
-    query_meta = query_metadata(request)
+    query_meta = metadata_from_query(query)
     items = [_save_item(raw, query_meta) for raw in body]
     if items:
         await block.save(store, items)
-    return no_content()
+    return NO_CONTENT_REPLY
 
 
 async def delete_state(request: Request) -> Response:
