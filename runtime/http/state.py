@@ -20,6 +20,7 @@ from runtime.http.wire import (
     encode_value,
     field,
     json_reply,
+    known_fields,
     metadata_from_query,
     no_content,
     optional_string,
@@ -44,29 +45,36 @@ def _expire_text(item: StoredItem) -> str | None:
     return item.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_SAVE_FIELDS = frozenset({"key", "value", "etag", "metadata", "options"})
+
+
 def _save_item(raw: Any, query_meta: dict[str, str]) -> SaveItem:
     if not isinstance(raw, dict):
         raise malformed("failed deserializing HTTP body: each state item must be an object")
-    key = field(raw, "key")
+    get = known_fields(raw, _SAVE_FIELDS)
+    key = get("key")
     if key is None or key == "":
         raise malformed('"key" is a required field')
     if not isinstance(key, str):
         raise malformed("failed deserializing HTTP body: key must be a string")
-    etag = optional_string(field(raw, "etag"), "etag")
-    metadata = string_map(field(raw, "metadata"), "metadata")
+    etag = optional_string(get("etag"), "etag")
+    metadata = string_map(get("metadata"), "metadata")
     if query_meta:
         metadata = {**metadata, **query_meta}
-    options = field(raw, "options")
+    options = get("options")
     if options is not None and not isinstance(options, dict):
         raise malformed("failed deserializing HTTP body: options must be an object")
-    options = options or {}
+    concurrency = consistency = ""
+    if options:
+        concurrency = optional_string(field(options, "concurrency"), "options.concurrency")
+        consistency = optional_string(field(options, "consistency"), "options.consistency")
     return SaveItem(
         key=key,
-        value=encode_value(field(raw, "value")),
+        value=encode_value(get("value")),
         etag=etag or None,
         metadata=metadata,
-        concurrency=optional_string(field(options, "concurrency"), "options.concurrency"),
-        consistency=optional_string(field(options, "consistency"), "options.consistency"),
+        concurrency=concurrency,
+        consistency=consistency,
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -104,14 +105,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON value {name}")
 
 
+# Made once: json.loads and json.dumps build a new decoder or encoder per call when given options.
+_REQUEST_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_VALUE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def decode_json(body: bytes) -> Any:
     """Parse a request body as daprd does (strict JSON: no NaN, no trailing commas)."""
     try:
-        return gojson.settle(json.loads(body, parse_constant=_reject_constant), body)
+        # As json.loads reads bytes: UTF-8, -16 or -32, a UTF-8 byte order mark skipped.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        return gojson.settle(_REQUEST_JSON.decode(text), body)
     except RecursionError:
         raise malformed(f"failed deserializing HTTP body: {gojson.JSONTooDeep()}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise malformed(f"failed deserializing HTTP body: {exc}") from None
+
+
+def known_fields(obj: Mapping[str, Any], names: frozenset[str]) -> Callable[[str], Any]:
+    """A :func:`field` lookup for ``obj``: a plain ``get`` when every key is one of ``names``
+    spelled exactly (the usual case), which then finds the same values."""
+    if obj.keys() <= names:
+        return obj.get
+    return partial(field, obj)
 
 
 def field(obj: Mapping[str, Any], name: str) -> Any:
@@ -145,7 +161,7 @@ def optional_string(value: Any, what: str) -> str:
 def encode_value(value: Any) -> bytes:
     """How a state value is stored: compact JSON with sorted keys, as daprd re-encodes it."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _VALUE_JSON.encode(value)
     except ValueError:
         # Python reads 1e400 as infinity, which has no JSON spelling; Go refuses the number.
         raise malformed("failed deserializing HTTP body: a number in the value is out of range") from None
