@@ -132,6 +132,7 @@ class Metrics:
         self._published = Counter(
             "pillion_pubsub_published", "Messages published to a broker.", topic_labels, registry=registry
         )
+        self._published_by_topic: dict[tuple[str, str], Counter] = {}
         self._delivered = Counter(
             "pillion_pubsub_delivered",
             "Messages delivered to the app and acknowledged by it.",
@@ -179,7 +180,13 @@ class Metrics:
     # --- pub/sub -------------------------------------------------------------------------------
 
     def published(self, pubsub: str, topic: str, count: int = 1) -> None:
-        self._published.labels(self.app_id, pubsub, topic).inc(count)
+        # Per publish: the labelled child is kept rather than looked up through labels() each time.
+        child = self._published_by_topic.get((pubsub, topic))
+        if child is None:
+            child = self._published_by_topic[pubsub, topic] = self._published.labels(
+                self.app_id, pubsub, topic
+            )
+        child.inc(count)
 
     def delivered(self, pubsub: str, topic: str) -> None:
         self._delivered.labels(self.app_id, pubsub, topic).inc()

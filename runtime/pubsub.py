@@ -265,7 +265,9 @@ class PubSubBlock:
                     {"appID": self.app_id, "error": str(exc)},
                 ) from None
         else:
-            envelope = cloudevents.new_envelope(
+            ttl = self.ttl(entry, metadata)
+            expires = ttl is not None and not entry.expires_messages
+            return cloudevents.encode_new_envelope(
                 app_id=self.app_id,
                 topic=topic,
                 pubsub=entry.name,
@@ -274,6 +276,7 @@ class PubSubBlock:
                 traceparent=traceparent,
                 tracestate=tracestate,
                 metadata=metadata,
+                expiration=cloudevents.expiration(ttl) if expires and ttl is not None else None,
             )
         ttl = self.ttl(entry, metadata)
         if ttl is not None and not entry.expires_messages:
