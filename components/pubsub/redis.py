@@ -200,6 +200,10 @@ class RedisPubSub:
             command += ["metadata", json.dumps(metadata)]
         await self.execute(client, *command)
 
+    @property
+    def pipelined(self) -> bool:
+        return self._pipeline is not None
+
     async def execute(self, client: Redis, *command: str | bytes | int) -> Any:
         """A command that does not block: on the pipelined connection when there is one."""
         if self._pipeline is not None:
@@ -339,6 +343,7 @@ class StreamSubscription:
         next_reclaim = time.monotonic() if self._redelivery else float("inf")
         cursor = _FIRST_ID
         failures = 0
+        backlog = False
         while not self._stop_reading.is_set():
             if len(self._held) >= self._slots:
                 self._slot_freed.clear()
@@ -352,16 +357,21 @@ class StreamSubscription:
                     if cursor == _FIRST_ID:  # the whole pending list was scanned
                         next_reclaim = now + owner.redeliver_interval
                 else:
-                    block = min(owner.block_seconds, next_reclaim - now)
-                    reply = await self.reader.xreadgroup(
-                        self.group,
-                        self.consumer,
-                        {self.topic: ">"},
-                        count=free,
-                        block=max(1, int(block * 1000)),
-                    )
-                    # RESP2 (our clients' protocol) answers [[stream, entries]].
-                    entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                    # While there is a backlog, read without blocking on the pipelined connection
+                    # (cheaper); after a read that found nothing, wait on the reader's own.
+                    entries = await self._read_now(free) if backlog and owner.pipelined else []
+                    if not entries:
+                        block = min(owner.block_seconds, next_reclaim - now)
+                        reply = await self.reader.xreadgroup(
+                            self.group,
+                            self.consumer,
+                            {self.topic: ">"},
+                            count=free,
+                            block=max(1, int(block * 1000)),
+                        )
+                        # RESP2 (our clients' protocol) answers [[stream, entries]].
+                        entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                    backlog = bool(entries)
                 # Even when stopping: what was read is in this consumer's pending list, so handle it.
                 self._dispatch(entries)
                 failures = 0
@@ -390,6 +400,27 @@ class StreamSubscription:
                 log.exception("pubsub %s: unexpected error reading %r", owner.name, self.topic)
             await self._sleep(min(5.0, 0.1 * 2**failures), self._stop_reading)
             failures += 1
+
+    async def _read_now(self, count: int) -> list[StreamEntry]:
+        """New entries for this consumer, as many as ``count``, without waiting for any."""
+        reply = await self.owner.execute(
+            self._client,
+            "XREADGROUP",
+            "GROUP",
+            self.group,
+            self.consumer,
+            "COUNT",
+            count,
+            "STREAMS",
+            self.topic,
+            ">",
+        )
+        if not reply:
+            return []
+        # [[stream, [[id, [field, value, ...]], ...]]], as redis-py would give it with fields a dict.
+        return [
+            (entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in reply[0][1]
+        ]
 
     async def _reclaim(self, cursor: str, count: int) -> tuple[str, Sequence[StreamEntry]]:
         """Claim up to ``count`` messages idle for ``processingTimeout`` (their consumer died, or
