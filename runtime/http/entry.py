@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.errors import APIError
+from runtime.errors import APIError, internal
 from runtime.http import pubsub as pubsub_api
 from runtime.http import state as state_api
 from runtime.http.auth import EXEMPT, HEADER, refusal
@@ -184,9 +184,7 @@ class ApiEntry:
                 status, headers, body = text_reply(400, f"failed to unescape path parameter: {exc}")
             except Exception:
                 log.exception("unexpected error on %s %s", method, path)
-                status, headers, body = error_reply(
-                    APIError(500, "ERR_INTERNAL", "internal error; see the sidecar log")
-                )
+                status, headers, body = error_reply(internal())
             if added:
                 headers = headers + added
             await send({"type": _START, "status": status, "headers": headers})

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from components.state.base import StoredItem
-from runtime.errors import APIError, malformed
+from runtime.errors import malformed, state_operation_not_supported
 from runtime.http.wire import (
     JSON,
     NO_CONTENT_REPLY,
@@ -31,7 +31,7 @@ from runtime.http.wire import (
     string_map,
     unescape,
 )
-from runtime.state import DeleteItem, SaveItem, StateBlock
+from runtime.state import DeleteItem, SaveItem, StateBlock, StoreEntry
 
 
 def _block(request: Request) -> StateBlock:
@@ -85,7 +85,8 @@ async def get_state(request: Request) -> Response:
 
 async def read_state(block: StateBlock, raw_store: str, raw_key: str) -> Reply:
     """GET /v1.0/state/{store}/{key}, from the path parameters as they arrived (still escaped)."""
-    item = await block.get(unescape(raw_store), unescape(raw_key))
+    store, key = unescape(raw_store), unescape(raw_key)
+    item = await block.get(block.entry(store), key)
     if item is None:
         return NO_CONTENT_REPLY
     headers: Headers = []
@@ -98,19 +99,17 @@ async def read_state(block: StateBlock, raw_store: str, raw_key: str) -> Reply:
 
 async def save_state(request: Request) -> Response:
     block = _block(request)
-    store = check_save_target(block, request.path_params["store"])
+    entry = check_save_target(block, request.path_params["store"])
     body = await read_body(request)
-    return ReplyResponse(await write_state(block, store, body, request.scope["query_string"]))
+    return ReplyResponse(await write_state(block, entry, body, request.scope["query_string"]))
 
 
-def check_save_target(block: StateBlock, raw_store: str) -> str:
+def check_save_target(block: StateBlock, raw_store: str) -> StoreEntry:
     """The store of POST /v1.0/state/{store}, checked before the body is read."""
-    store = unescape(raw_store)
-    block.entry(store)
-    return store
+    return block.entry(unescape(raw_store))
 
 
-async def write_state(block: StateBlock, store: str, raw_body: bytes, query: bytes) -> Reply:
+async def write_state(block: StateBlock, entry: StoreEntry, raw_body: bytes, query: bytes) -> Reply:
     """POST /v1.0/state/{store} once the body is read."""
     body = decode_json(raw_body)
     if not isinstance(body, list):
@@ -118,7 +117,7 @@ async def write_state(block: StateBlock, store: str, raw_body: bytes, query: byt
     query_meta = metadata_from_query(query)
     items = [_save_item(raw, query_meta) for raw in body]
     if items:
-        await block.save(store, items)
+        await block.save(entry, items)
     return NO_CONTENT_REPLY
 
 
@@ -133,14 +132,15 @@ async def delete_state(request: Request) -> Response:
         concurrency=params.get("concurrency", ""),
         consistency=params.get("consistency", ""),
     )
-    await _block(request).delete(store, item)
+    block = _block(request)
+    await block.delete(block.entry(store), item)
     return no_content()
 
 
 async def bulk_get_state(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
+    entry = block.entry(store)
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with keys")
@@ -152,26 +152,26 @@ async def bulk_get_state(request: Request) -> Response:
     parallelism = field(body, "parallelism")
     if parallelism is not None and (not isinstance(parallelism, int) or isinstance(parallelism, bool)):
         raise malformed("failed deserializing HTTP body: parallelism must be an integer")
-    items = await block.bulk_get(store, keys)
+    items = await block.bulk_get(entry, keys)
     # Built by hand so that stored JSON is embedded as it is, not parsed and re-encoded.
     parts: list[bytes] = []
     for key, item in zip(keys, items, strict=True):
-        entry = b'{"key":' + json.dumps(key, ensure_ascii=False).encode()
+        part = b'{"key":' + json.dumps(key, ensure_ascii=False).encode()
         if item is not None:
-            entry += b',"data":' + raw_json(item.data)
+            part += b',"data":' + raw_json(item.data)
             if item.etag:
-                entry += b',"etag":' + json.dumps(item.etag).encode()
+                part += b',"etag":' + json.dumps(item.etag).encode()
             expire = _expire_text(item)
             if expire is not None:
-                entry += b',"metadata":{"ttlExpireTime":"' + expire.encode() + b'"}'
-        parts.append(entry + b"}")
+                part += b',"metadata":{"ttlExpireTime":"' + expire.encode() + b'"}'
+        parts.append(part + b"}")
     return Response(b"[" + b",".join(parts) + b"]\n", 200, media_type=JSON)
 
 
 async def transaction(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
+    entry = block.entry(store)
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with operations")
@@ -180,7 +180,7 @@ async def transaction(request: Request) -> Response:
     if not isinstance(raw_ops, list):
         raise malformed("failed deserializing HTTP body: operations must be an array")
     string_map(field(body, "metadata"), "metadata")
-    block.transactional(store)
+    block.transactional(entry)
     query_meta = query_metadata(request)
     ops: list[SaveItem | DeleteItem] = []
     for raw in raw_ops:
@@ -189,22 +189,21 @@ async def transaction(request: Request) -> Response:
         kind = optional_string(field(raw, "operation"), "operation")
         request_body = field(raw, "request")
         if kind not in ("upsert", "delete"):
-            raise APIError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
+            raise state_operation_not_supported(str(kind))
         item = _save_item(request_body, query_meta)
         if kind == "upsert":
             ops.append(item)
         else:
             ops.append(DeleteItem(item.key, item.etag, item.metadata, item.concurrency, item.consistency))
     if ops:
-        await block.transact(store, ops)
+        await block.transact(entry, ops)
     return no_content()
 
 
 async def query_state(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
-    page = await block.query(store, await read_body(request))
+    page = await block.query(block.entry(store), await read_body(request))
     if not page.results:
         return no_content()
     parts: list[bytes] = []

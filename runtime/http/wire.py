@@ -16,7 +16,15 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from runtime import gojson
-from runtime.errors import APIError, malformed
+from runtime.errors import (
+    APIError,
+    BadRequest,
+    Detail,
+    ErrorInfo,
+    ResourceInfo,
+    body_too_large,
+    malformed,
+)
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 JSON = "application/json"
@@ -68,20 +76,20 @@ async def read_body(request: Request) -> bytes:
 async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (declared or received)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
+        raise body_too_large(limit)
     message = await receive()
     if message["type"] != "http.request":
         raise ClientDisconnect()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise too_large(limit)
+            raise body_too_large(limit)
         return body
     chunks = [body]
     size = len(body)
     while True:
         if size > limit:
-            raise too_large(limit)
+            raise body_too_large(limit)
         message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
@@ -91,14 +99,8 @@ async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> 
         if not message.get("more_body", False):
             break
     if size > limit:
-        raise too_large(limit)
+        raise body_too_large(limit)
     return b"".join(chunks)
-
-
-def too_large(limit: int) -> APIError:
-    return APIError(
-        413, "ERR_BODY_READ", f"request body is larger than the limit of {limit} bytes (--max-body-size)"
-    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -208,7 +210,11 @@ def json_reply(status: int, body: bytes, headers: Headers | None = None) -> Repl
 
 
 def error_reply(error: APIError) -> Reply:
-    body = json.dumps(error.body(), separators=(",", ":"), ensure_ascii=False)
+    """daprd's JSON error body; the details are those the error names, in its order."""
+    payload: dict[str, Any] = {"errorCode": str(error.code), "message": error.message}
+    if error.details:
+        payload["details"] = [_detail(d) for d in error.details]
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return json_reply(error.status, body.encode())
 
 
@@ -220,3 +226,34 @@ def text_reply(status: int, text: str) -> Reply:
     body = text.encode()
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
     return status, headers, body
+
+
+_GOOGLE_RPC = "type.googleapis.com/google.rpc."
+
+
+def _detail(detail: Detail) -> dict[str, Any]:
+    """A detail as daprd's HTTP API writes it: the proto's field names, ``@type`` first."""
+    if isinstance(detail, ErrorInfo):
+        return {
+            "@type": _GOOGLE_RPC + "ErrorInfo",
+            "domain": detail.domain,
+            "metadata": dict(detail.metadata),
+            "reason": detail.reason,
+        }
+    if isinstance(detail, ResourceInfo):
+        return {
+            "@type": _GOOGLE_RPC + "ResourceInfo",
+            "description": detail.description,
+            "owner": detail.owner,
+            "resource_name": detail.resource_name,
+            "resource_type": detail.resource_type,
+        }
+    if isinstance(detail, BadRequest):
+        return {
+            "@type": _GOOGLE_RPC + "BadRequest",
+            "field_violations": [{"field": detail.field, "description": detail.description}],
+        }
+    return {
+        "@type": _GOOGLE_RPC + "Help",
+        "links": [{"description": detail.description, "url": detail.url}],
+    }
