@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -37,13 +38,13 @@ from components.redis_common import RedisSettings
 Arg = bytes | str | int | float
 
 
+# hiredis' stub types the argument as a 1-tuple: called through a typed alias.
+_pack_command = cast("Callable[[tuple[Arg, ...]], bytes]", hiredis.pack_command)
+
+
 def pack(args: tuple[Arg, ...]) -> bytes:
-    """A command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+    """A command in RESP (an array of bulk strings), packed by hiredis in C."""
+    return _pack_command(args)
 
 
 class _Connection(asyncio.Protocol):
