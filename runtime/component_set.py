@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -23,7 +23,8 @@ from components.base import Component, ComponentContext
 from components.secretstores.base import SecretStore
 from runtime.block import BuildingBlock, ComponentProblem, LoadedComponent
 from runtime.resources import ComponentResource, ResourceError, validate_component
-from runtime.secrets import SECRET_STORES, Redactor, resolve_references, secret_values
+from runtime.secrets import SECRET_STORES, Redactor, init_order, resolve_references, secret_values
+from runtime.unsupported import NotLoaded, set_aside
 
 log = logging.getLogger("pillion")
 # How long a replaced component stays open for the requests that still hold it.
@@ -54,6 +55,8 @@ class Plan:
 
     components: list[LoadedComponent] = field(default_factory=list)
     started: list[LoadedComponent] = field(default_factory=list)
+    # Components of building blocks Pillion lacks: listed, never started.
+    not_loaded: list[NotLoaded] = field(default_factory=list)
 
 
 @dataclass
@@ -78,12 +81,24 @@ class Change:
 
 
 class ComponentSet:
-    def __init__(self, app_id: str, data_dir: Path, blocks: BlockLookup, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        data_dir: Path,
+        blocks: BlockLookup,
+        redactor: Redactor,
+        shared_dir: Path | None = None,
+    ) -> None:
         self.app_id = app_id
         self.data_dir = data_dir
+        # Where the stores shared by every app live (~/.pillion, or --data-dir).
+        self.shared_dir = shared_dir
+        self.not_loaded: list[NotLoaded] = []
         self.blocks = blocks
         self.redactor = redactor
         self._components: list[LoadedComponent] = []
+        # Components that failed to start with ignoreErrors, and why (until one starts in their place).
+        self.failed: dict[Key, tuple[ComponentResource, str]] = {}
         self._retiring: list[LoadedComponent] = []
         self._retire_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -94,8 +109,8 @@ class ComponentSet:
         return tuple(self._components)
 
     async def start(self, resources: Sequence[ComponentResource]) -> None:
-        """Start every resource (given in start order) and install them; ``StartupError`` on
-        the first that fails, with the ones started before it closed again."""
+        """Start every resource and install them; ``StartupError`` on the first that fails,
+        with the ones started before it closed again."""
         self.install(await self.prepare(resources))
 
     async def prepare(self, resources: Sequence[ComponentResource]) -> Plan:
@@ -110,9 +125,10 @@ class ComponentSet:
             for c in self._components
             if c.resource.building_block == SECRET_STORES
         }
-        plan = Plan()
+        resources, aside = set_aside(resources)
+        plan = Plan(not_loaded=aside)
         try:
-            for unresolved in resources:
+            for unresolved in init_order(resources):
                 resource = await resolve_references(unresolved, stores)
                 old = running.get(_key(resource))
                 if old is not None and old.resource == resource:
@@ -148,6 +164,7 @@ class ComponentSet:
         kept = {id(c) for c in plan.components}
         retired = [c for c in self._components if id(c) not in kept]
         self._components = list(plan.components)
+        self.not_loaded = plan.not_loaded
         started = {_key(c.resource) for c in plan.started}
         return Change(sorted(started - before), sorted(started & before), removed, retired)
 
@@ -194,6 +211,8 @@ class ComponentSet:
         assert cls is not None, "validate_component checked the type"
         metadata = validate_component(resource)
         context = ComponentContext(resource.name, self.app_id, self.data_dir, resource.file.parent)
+        if self.shared_dir is not None:
+            context = replace(context, shared_dir=self.shared_dir)
         try:
             instance: Component = cls(metadata, context)
             await asyncio.wait_for(instance.init(), resource.init_timeout)
@@ -204,9 +223,11 @@ class ComponentSet:
             line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
             if resource.ignore_errors:
                 log.warning("%s (ignored: ignoreErrors is true)", line)
+                self.failed[_key(resource)] = (resource, line)
                 return None
             raise StartupError(line) from None
         log.info("component %s (%s) is ready", resource.name, resource.type)
+        self.failed.pop(_key(resource), None)
         return LoadedComponent(resource, instance, metadata)
 
     def _build(self, loaded: LoadedComponent) -> None:

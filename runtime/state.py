@@ -7,12 +7,13 @@ concrete store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from components.metadata import MetadataError
 from components.state.base import (
@@ -30,9 +31,14 @@ from components.state.base import (
 from components.state.query import QueryPage, parse_query
 from runtime import errors
 from runtime.block import BlockContext, ComponentProblem, LoadedComponent
+from runtime.outbox_settings import OutboxSettings
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.outbox import Outbox
+    from runtime.resiliency import Policy, Resiliency
+
+T = TypeVar("T")
 
 log = logging.getLogger("pillion")
 
@@ -44,7 +50,7 @@ CONSISTENCY = frozenset({"", "eventual", "strong"})
 
 
 def key_prefix(strategy: str, app_id: str, store_name: str) -> str:
-    """The text put before every key (Dapr's ``keyPrefix`` rules, reference section 1.1)."""
+    """The text put before every key (Dapr's ``keyPrefix`` rules, docs/state.md: Key prefixes)."""
     strategy = strategy.lower()
     if strategy == "none":
         return ""
@@ -83,10 +89,23 @@ class StoreEntry:
     name: str
     store: StateStore
     prefix: str
+    # The Resiliency policy of the component's outbound calls, if any.
+    policy: Policy | None = None
+    # Transactional outbox settings (runtime/outbox.py); None when the store has none.
+    outbox: OutboxSettings | None = None
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if self.policy is None:
+            return await operation()
+        return await self.policy.run(operation, permanent=_ANSWERED)
 
 
 class OptionError(ValueError):
     """A request option the store cannot accept (bad concurrency, non-integer TTL, ...)."""
+
+
+# Answers of the store, not failures: a Resiliency policy neither retries them nor counts them.
+_ANSWERED: tuple[type[BaseException], ...] = (ETagMismatch, ETagInvalid, OptionError)
 
 
 def _ttl(metadata: Mapping[str, str]) -> int | None:
@@ -125,10 +144,15 @@ class StateBlock:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
+        # Set by the sidecar once the pubsub block exists: stages outbox messages in transactions.
+        self.outbox: Outbox | None = None
+        self.resiliency: Resiliency | None = None
 
     @classmethod
     def create(cls, context: BlockContext) -> StateBlock:
-        return cls(context.app_id, [], context.metrics)
+        block = cls(context.app_id, [], context.metrics)
+        block.resiliency = context.resiliency
+        return block
 
     # --- the component life cycle (runtime/component_set.py) -----------------------------------
 
@@ -139,7 +163,14 @@ class StateBlock:
             prefix = key_prefix(str(component.metadata["keyPrefix"]), self.app_id, name)
         except ValueError as exc:
             raise ComponentProblem(str(exc)) from None
-        return StoreEntry(name, store, prefix)
+        policy = self.resiliency.for_component(name, "outbound", "Statestore") if self.resiliency else None
+        outbox = OutboxSettings.from_metadata(component.metadata)
+        if outbox is not None and StateFeature.TRANSACTIONAL not in store.features:
+            raise ComponentProblem("the outbox (outboxPublishPubsub) needs a store with transactions")
+        return StoreEntry(name, store, prefix, policy, outbox)
+
+    def outbox_stores(self) -> list[tuple[StoreEntry, OutboxSettings]]:
+        return [(e, e.outbox) for e in self._stores.values() if e.outbox is not None]
 
     def capabilities(self, entry: StoreEntry) -> list[str]:
         features = {str(f) for f in entry.store.features}
@@ -174,7 +205,7 @@ class StateBlock:
         store = entry.name
         check_key(store, key)
         try:
-            return await entry.store.get(entry.prefix + key)
+            return await entry.call(lambda: entry.store.get(entry.prefix + key))
         except Exception as exc:
             self._failed(store, "get")
             raise errors.state_get_failed(store, key, exc) from exc
@@ -186,7 +217,7 @@ class StateBlock:
         if not keys:
             return []
         try:
-            return await entry.store.bulk_get([entry.prefix + key for key in keys])
+            return await entry.call(lambda: entry.store.bulk_get([entry.prefix + key for key in keys]))
         except Exception as exc:
             self._failed(store, "bulk_get")
             raise errors.state_bulk_get_failed(store, exc) from exc
@@ -216,9 +247,13 @@ class StateBlock:
         except OptionError as exc:
             raise errors.state_save_failed(store, str(exc)) from None
         if len(ops) == 1:
-            results: list[BaseException | None] = [await _capture(entry.store.set(ops[0]))]
+            results: list[BaseException | None] = [
+                await _capture(entry.call(lambda: entry.store.set(ops[0])))
+            ]
         else:
-            results = await asyncio.gather(*(entry.store.set(op) for op in ops), return_exceptions=True)
+            results = await asyncio.gather(
+                *(entry.call(functools.partial(entry.store.set, op)) for op in ops), return_exceptions=True
+            )
         failures = [r for r in results if r is not None]
         if not failures:
             return
@@ -235,7 +270,7 @@ class StateBlock:
         check_key(store, item.key)
         try:
             op = self._delete_op(entry.prefix, item)
-            await entry.store.delete(op)
+            await entry.call(lambda: entry.store.delete(op))
         except ETagMismatch as exc:
             raise errors.state_delete_failed(item.key, str(exc), "mismatch") from None
         except ETagInvalid as exc:
@@ -259,12 +294,17 @@ class StateBlock:
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
             raise errors.state_too_many_operations(len(ops), limit)
+        markers: list[SetOp] = []
+        if entry.outbox is not None and self.outbox is not None:
+            # Published to the internal topic before anything is written: a failure stops here.
+            ops, markers = await self.outbox.stage(entry, entry.outbox, ops, "")
         try:
             store_ops: list[Operation] = [
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
                 for op in ops
             ]
-            await target.transact(store_ops)
+            store_ops.extend(markers)
+            await entry.call(lambda: target.transact(store_ops))
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key
             raise errors.state_transaction_failed(f"{exc} (key {key!r})") from None

@@ -13,8 +13,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import APIError, direct_invoke_failed, direct_invoke_missing_app_id, internal
-from runtime.http import pubsub, runtime_api, secrets, state
+from runtime.errors import APIError, internal
+from runtime.http import (
+    admin,
+    bindings,
+    configuration,
+    invoke,
+    lock,
+    pubsub,
+    runtime_api,
+    secrets,
+    state,
+    unsupported,
+)
 from runtime.http.entry import ApiEntry, HotRoutes, clean_path
 from runtime.http.wire import PathUnescapeError, error_response
 
@@ -63,16 +74,10 @@ class DaprPathMiddleware:
         await self.app(scope, receive, send)
 
 
-async def fallback(request: Request) -> Response:
-    """Unknown paths and wrong methods land here, as service invocation does in daprd."""
-    target = request.headers.get("dapr-app-id")
-    if not target:
-        return error_response(direct_invoke_missing_app_id())
-    return error_response(direct_invoke_failed(target, "service invocation is not available in Pillion"))
-
-
 async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
-    response = await fallback(Request(scope, receive))
+    """Unknown paths and wrong methods land here: service invocation, as in daprd (the
+    ``dapr-app-id`` header form, else 404 ``ERR_DIRECT_INVOKE``)."""
+    response = await invoke.invoke(Request(scope, receive))
     await response(scope, receive, send)
 
 
@@ -160,13 +165,69 @@ def runtime_routes() -> list[BaseRoute]:
     ]
 
 
+def bindings_routes() -> list[BaseRoute]:
+    return [route("/bindings/{name}", bindings.invoke, ["POST", "PUT"])]
+
+
+def configuration_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for version in ("v1.0", "v1.0-alpha1"):
+        routes += [
+            route("/configuration/{store}/subscribe", configuration.subscribe, ["GET"], version=version),
+            route(
+                "/configuration/{store}/{id}/unsubscribe", configuration.unsubscribe, ["GET"], version=version
+            ),
+            route("/configuration/{store}", configuration.get_configuration, ["GET"], version=version),
+        ]
+    return routes
+
+
+def lock_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/lock/{store}", lock.try_lock, ["POST"], version=alpha),
+        route("/unlock/{store}", lock.unlock, ["POST"], version=alpha),
+    ]
+
+
+def unsupported_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/crypto/{name}/encrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/crypto/{name}/decrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version="v1.0-alpha2"),
+    ]
+
+
+def invoke_routes() -> list[BaseRoute]:
+    # Other verbs reach the same endpoint through the fallback.
+    verbs = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return [route("/invoke/{appId}/method/{method:path}", invoke.invoke, verbs)]
+
+
 def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         APIError: _api_error,
         PathUnescapeError: _unescape_error,
         Exception: _unexpected,
     }
-    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + (extra_routes or [])
+    # Invocation first: its calls go through the whole app again on the target, and a route
+    # missed costs every request the others' matching. The lock API next to the other
+    # per-request ones; the rarely called runtime, configuration and admin routes after.
+    routes = (
+        invoke_routes()
+        + state_routes()
+        + pubsub_routes()
+        + lock_routes()
+        + runtime_routes()
+        + secrets_routes()
+        + bindings_routes()
+        + configuration_routes()
+        + unsupported_routes()
+        + (extra_routes or [])
+    )
+    routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]

@@ -1,7 +1,8 @@
 """The one ASGI entry of the HTTP API: everything a request needs before and after its endpoint,
 in one pass, and the hot routes served without Starlette's layers.
 
-Per request, in this order: the raw path is cleaned as daprd cleans it; one walk over the headers
+Per request, in this order: the raw path is cleaned as daprd cleans it (and the call logged with
+``--enable-api-logging``); one walk over the headers
 finds the trace context, the API token and what the hot routes read; a span continues the
 caller's trace (health probes excepted); the token is checked (health probes exempt); the request
 is served; the answer carries the span's ``traceparent``; the span ends and the request is counted
@@ -92,6 +93,9 @@ class ApiEntry:
         self.token = token.encode() if token else None
         self.max_body_size = sidecar.options.max_body_size
         self.hot = hot
+        # --enable-api-logging: a line per call, as daprd's "HTTP API Called" (no query string:
+        # it may hold metadata values).
+        self.api_log = logging.getLogger("pillion.api") if sidecar.options.api_logging else None
 
     def _hot_route(self, method: str, parts: list[str]) -> tuple[HotHandler, str] | None:
         """The hot route for a cleaned path split on ``/``, as Starlette's router would pick it."""
@@ -121,6 +125,8 @@ class ApiEntry:
         started = perf_counter()
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
         method: str = scope["method"]
+        if self.api_log is not None:
+            self.api_log.info("HTTP API Called: %s %s", method, path)
         parent: str | None = None
         trace_state = ""
         given: bytes | None = None
