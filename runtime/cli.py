@@ -338,7 +338,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         api_token=_api_token(args),
         app_health=_health_check(args),
         grpc_port=args.dapr_grpc_port,
-        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
+        app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
     )

@@ -69,7 +69,7 @@ class SidecarOptions:
     app_health: HealthCheck | None = None
     # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
     grpc_port: int | None = None
-    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    # --app-protocol as given; with grpc, pub/sub and health checks call the app's AppCallback service.
     app_protocol: str = "http"
     # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
