@@ -429,7 +429,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
     if args.dapr_grpc_port is None:
-        args.dapr_grpc_port = free_port()
+        args.dapr_grpc_port = 0  # bound by the OS when the server starts: no race for a free port
     if args.metrics_port is None:
         args.metrics_port = free_port()
     label = f" - {args.output_label}" if args.output_label else ""
