@@ -270,3 +270,27 @@ spec:
     assert response.json()["path"] == "/echo/k8s"
     assert wrong.status_code == 500
     assert "not a sidecar of k8s-c" in wrong.json()["message"]
+
+
+def test_sidecars_started_together_share_one_new_ca(tmp_path: Path) -> None:
+    """Each would make the CA on first use; one must win and the others read it."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    script = (
+        "import sys; from pathlib import Path; from runtime.mtls import CertificateAuthority as C;"
+        "ca = C.load_or_create(Path(sys.argv[1]));"
+        "print(ca.certificate.fingerprint(__import__('cryptography.hazmat.primitives.hashes',"
+        " fromlist=['SHA256']).SHA256()).hex(), ca.key.public_key() == ca.certificate.public_key())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "ca")], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    answers = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(answers) == 1, answers
+    assert answers.pop().endswith(" True")
