@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, dashboard, invoke, lifecycle, pubsub, report, scaling, state
+from bench import blocks, charts, dashboard, grpc, invoke, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -64,7 +64,13 @@ SECTIONS: dict[str, Section] = {
     "pubsub.redis": pubsub.redis,
     "pubsub.jetstream": pubsub.jetstream,
     "invoke.latency": invoke.latency,
+    "grpc.latency": grpc.latency,
+    "grpc.models": grpc.models,
+    "grpc.stream": grpc.stream,
     "scaling": scaling_section,
+    "blocks.binding_http": blocks.binding_http,
+    "blocks.lock_redis": blocks.lock_redis,
+    "blocks.configuration": blocks.configuration,
     "dashboard": dashboard.section,
 }
 

@@ -108,6 +108,14 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         help="HTTP API port (a free one when omitted)" if run_mode else "HTTP API port (3500)",
     )
     parser.add_argument(
+        *short("--dapr-grpc-port", "-G"),
+        type=_port,
+        default=None,
+        help="gRPC API port (a free one when omitted)"
+        if run_mode
+        else "gRPC API port (50001; when omitted and taken, gRPC is not served)",
+    )
+    parser.add_argument(
         "--dapr-listen-addresses",
         default="127.0.0.1",
         help="address the HTTP API binds to (127.0.0.1)",
@@ -126,7 +134,11 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     parser.add_argument(
         "--max-body-size", type=parse_size, default=parse_size("4Mi"), help="request body limit (4Mi)"
     )
-    parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the embedded default stores live (default ~/.pillion, shared by all apps)",
+    )
     parser.add_argument(
         *short("--config", "-c"),
         type=Path,
@@ -208,7 +220,7 @@ def _add_invocation_flags(parser: argparse.ArgumentParser, short: Callable[..., 
         *short("--app-protocol", "-P"),
         default="http",
         choices=["http", "https", "grpc", "grpcs", "h2c"],
-        help="how the sidecar calls the app (http)",
+        help="how the sidecar calls the app (http); grpc: its AppCallback service (docs/grpc.md)",
     )
     group.add_argument(
         "--app-ssl", action="store_true", help="same as --app-protocol https (deprecated in Dapr)"
@@ -254,9 +266,15 @@ def _add_invocation_flags(parser: argparse.ArgumentParser, short: Callable[..., 
 
 def _invocation_options(args: argparse.Namespace) -> InvocationOptions:
     protocol = "https" if args.app_ssl and args.app_protocol == "http" else args.app_protocol
-    if protocol in ("grpc", "grpcs", "h2c"):
+    if protocol == "grpc":
+        # Pub/sub and health checks use the app's AppCallback service (runtime/grpc/app_channel.py).
         logging.getLogger("pillion").warning(
-            "--app-protocol %s: the app is called over HTTP/1.1%s; gRPC apps are not supported yet",
+            "--app-protocol grpc: service invocation of a gRPC app (OnInvoke) is not supported yet"
+        )
+        protocol = "http"
+    elif protocol in ("grpcs", "h2c"):
+        logging.getLogger("pillion").warning(
+            "--app-protocol %s: the app is called over HTTP/1.1%s; only plaintext gRPC apps are supported",
             protocol,
             " with TLS" if protocol == "grpcs" else "",
         )
@@ -323,6 +341,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         metrics_port=args.metrics_port,
         api_token=_api_token(args),
         app_health=_health_check(args),
+        grpc_port=args.dapr_grpc_port,
+        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
     )
@@ -412,6 +432,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("pillion run needs the app's command after --")
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
+    if args.dapr_grpc_port is None:
+        args.dapr_grpc_port = free_port()
     if args.metrics_port is None:
         args.metrics_port = free_port()
     label = f" - {args.output_label}" if args.output_label else ""

@@ -75,6 +75,9 @@ class Configuration:
     # Only the rules for the HTTP protocol: gRPC rules do not concern this server.
     api_allowed: frozenset[APIRule] = frozenset()
     api_denied: frozenset[APIRule] = frozenset()
+    # The rules for the gRPC API (``protocol: grpc``), by ``name.version`` such as ``state.v1``.
+    grpc_api_allowed: frozenset[APIRule] = frozenset()
+    grpc_api_denied: frozenset[APIRule] = frozenset()
     tracing: TracingSettings = field(default_factory=TracingSettings)
     # spec.accessControl (invocations of this app) and spec.nameResolution (docs/invocation.md).
     access_control: AccessControl | None = None
@@ -87,6 +90,14 @@ class Configuration:
         if self.api_denied and _matches(self.api_denied, version, route):
             return False
         return not self.api_allowed or _matches(self.api_allowed, version, route)
+
+    def grpc_api_enabled(self, rule: str) -> bool:
+        """Whether the gRPC methods of the group ``rule`` (``state.v1``) are served."""
+        name, _, version = rule.partition(".")
+        wanted = APIRule(name, version)
+        if wanted in self.grpc_api_denied:
+            return False
+        return not self.grpc_api_allowed or wanted in self.grpc_api_allowed
 
 
 class _Reader:
@@ -144,7 +155,7 @@ class _Reader:
             )
         return found
 
-    def rules(self, api: dict[str, Any], which: str) -> frozenset[APIRule]:
+    def rules(self, api: dict[str, Any], which: str, wanted: str = "http") -> frozenset[APIRule]:
         rules: set[APIRule] = set()
         where = f"spec.api.{which}"
         for i, item in enumerate(self.items(api.get(which), where)):
@@ -153,12 +164,12 @@ class _Reader:
                 self.text(item.get("name"), f"{at}.name"), self.text(item.get("version"), f"{at}.version")
             )
             protocol = str(item.get("protocol") or "").lower()
-            if protocol == "http":
+            if protocol == wanted:
                 rules.add(rule)
-            elif protocol != "grpc":
+            elif protocol not in ("http", "grpc") and wanted == "http":
                 # daprd applies a rule only to the protocol it names; say so rather than ignore it quietly.
                 log.warning(
-                    "%s: %s (%s %s) has protocol %r, so it applies to neither HTTP nor gRPC; use http",
+                    "%s: %s (%s %s) has protocol %r, so it applies to neither HTTP nor gRPC",
                     self.file,
                     at,
                     rule.name,
@@ -230,6 +241,8 @@ def load_configuration(file: Path) -> Configuration:
         secret_scopes=reader.scopes(spec),
         api_allowed=reader.rules(api, "allowed"),
         api_denied=reader.rules(api, "denied"),
+        grpc_api_allowed=reader.rules(api, "allowed", "grpc"),
+        grpc_api_denied=reader.rules(api, "denied", "grpc"),
         tracing=reader.tracing(spec),
         access_control=access_control,
         name_resolution=reader.mapping(spec.get("nameResolution"), "spec.nameResolution"),

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from components.pubsub.base import Message
 from runtime import cloudevents
-from runtime.app_channel import AppChannel, AppUnreachable
+from runtime.event_sink import AppUnreachable, Envelope, EventSink, Outcome
 from runtime.subscriptions import RoutingError, Subscription
 from runtime.tracing import Span, Tracer
 
@@ -60,35 +58,6 @@ _OWN_HEADERS = frozenset(
 
 # (dead-letter topic, message, why it is given up)
 DeadLetter = Callable[[str, Message, str], Awaitable[None]]
-
-
-class Outcome(Enum):
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    DROP = "DROP"
-
-
-def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
-    """What the app's answer means (the table in docs/pubsub.md: Delivery), with a reason for the log."""
-    if 200 <= status <= 299:
-        try:
-            answer = json.loads(body) if body.strip() else None
-        except ValueError:
-            return Outcome.SUCCESS, ""
-        if not isinstance(answer, dict):
-            return Outcome.SUCCESS, ""
-        value = next((v for k, v in answer.items() if k.lower() == "status"), None)
-        if value is None or value in ("", "SUCCESS") or not isinstance(value, str):
-            return Outcome.SUCCESS, ""
-        if value == "RETRY":
-            return Outcome.RETRY, "the app answered RETRY"
-        if value == "DROP":
-            return Outcome.DROP, "the app answered DROP"
-        return Outcome.RETRY, f"the app answered an unknown status {value!r}"
-    text = body[:200].decode("utf-8", errors="replace")
-    if status == 404:
-        return Outcome.DROP, f"the app answered 404 (non-retriable): {text}"
-    return Outcome.RETRY, f"the app answered {status}: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +110,7 @@ class Deliverer:
         self,
         subscription: Subscription,
         policy: DeliveryPolicy,
-        channel: AppChannel,
+        channel: EventSink,
         dead_letter: DeadLetter,
         stopping: asyncio.Event,
         metrics: Metrics | None = None,
@@ -222,7 +191,7 @@ class Deliverer:
                         subscription.dead_letter_topic, message, "no route matched the event"
                     )
             return
-        await self._deliver(message, event, body, path if path.startswith("/") else "/" + path, metadata)
+        await self._deliver(message, event, body, path, metadata)
 
     async def _deliver(
         self, message: Message, event: dict[str, Any], body: bytes, path: str, metadata: dict[str, str]
@@ -256,6 +225,8 @@ class Deliverer:
         self, message: Message, event: dict[str, Any], body: bytes, path: str, headers: dict[str, bytes]
     ) -> tuple[int, str]:
         """Try until settled; the last HTTP status and, when the app did not accept it, why not."""
+        subscription = self.subscription
+        envelope = Envelope(subscription.pubsubname, message.topic, path, event, body, headers)
         attempts = 0
         while True:
             if self._stopping.is_set():
@@ -263,15 +234,14 @@ class Deliverer:
             status = 0
             sent = time.perf_counter()
             try:
-                reply = await self._channel.post(path, body, headers, self.policy.timeout)
+                answer = await self._channel.deliver(envelope, self.policy.timeout)
             except AppUnreachable:
                 await self._wait(self._channel.wait_reachable())
                 continue
             except Exception as exc:  # a timeout or broken connection counts as a failed try
                 outcome, reason = Outcome.RETRY, f"calling the app failed: {exc!r}"
             else:
-                status = reply.status
-                outcome, reason = read_reply(reply.status, reply.body)
+                status, outcome, reason = answer.status, answer.outcome, answer.reason
             metrics = self._metrics
             if metrics is not None:
                 metrics.delivery_latency(*self._labels, time.perf_counter() - sent)

@@ -16,12 +16,12 @@ from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOpti
 from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents, errors
 from runtime.block import BlockContext, LoadedComponent
-from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
+from runtime.subscriptions import Subscription, merge, parse_go_bool, streaming
 from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
     from runtime.delivery import Deliverer
+    from runtime.event_sink import AppConnection, EventSink
     from runtime.metrics import Metrics
     from runtime.resiliency import Policy, Resiliency
 
@@ -130,6 +130,12 @@ class _Running:
     stopping: asyncio.Event
 
 
+@dataclass
+class _Stream:
+    subscription: Subscription
+    running: _Running
+
+
 class PubSubBlock:
     kind: ClassVar[str] = "pubsub"
 
@@ -149,7 +155,9 @@ class PubSubBlock:
         self._programmatic: list[Subscription] = []
         # Per (pubsub, topic): the subscriptions delivering now.
         self._running: dict[tuple[str, str], _Running] = {}
-        self._channel: AppChannel | None = None
+        self._channel: AppConnection | None = None
+        # Streaming subscriptions on the gRPC API, listed in metadata as STREAMING.
+        self._streams: list[_Stream] = []
         self._stopping = asyncio.Event()
         # Starting, reloading and stopping subscriptions take turns.
         self._changing = asyncio.Lock()
@@ -337,30 +345,65 @@ class PubSubBlock:
         return merge(self._declared, self._programmatic)
 
     def describe_subscriptions(self) -> list[dict[str, Any]]:
-        return [subscription.describe() for subscription in self.subscriptions()]
+        listed = self.subscriptions() + [stream.subscription for stream in self._streams]
+        return [subscription.describe() for subscription in listed]
 
-    async def start_subscriptions(self, channel: AppChannel) -> None:
+    async def subscribe_stream(
+        self,
+        pubsubname: str,
+        topic: str,
+        metadata: Mapping[str, str],
+        dead_letter_topic: str,
+        sink: EventSink,
+    ) -> _Stream:
+        """Start a streaming subscription delivering to ``sink``, with the same delivery rules as an
+        app's subscription. ``APIError`` when the pubsub is unknown or the topic not allowed;
+        ``SubscriptionError`` when the metadata cannot be used."""
+        from runtime.delivery import Deliverer, DeliveryPolicy
+
+        entry = self.entry(pubsubname, topic, metadata)
+        if not entry.scopes.may_subscribe(topic):
+            raise errors.pubsub_forbidden(entry.name, topic, self.app_id)
+        subscription = streaming(pubsubname, topic, dict(metadata), dead_letter_topic)
+        policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+        stopping = asyncio.Event()
+        deliverer = Deliverer(
+            subscription, policy, sink, self._dead_letter(entry), stopping, self.metrics, self.tracer
+        )
+        options = SubscribeOptions(concurrency=policy.concurrency, metadata=dict(subscription.metadata))
+        handle = await entry.broker.subscribe(topic, deliverer, options)
+        stream = _Stream(subscription, _Running(handle, deliverer, stopping))
+        self._streams.append(stream)
+        log.info("streaming subscription %s started", subscription.label())
+        return stream
+
+    async def unsubscribe_stream(self, stream: _Stream, drain_timeout: float) -> None:
+        """Stop a streaming subscription; deliveries waiting for an ack are handed back to the broker."""
+        if stream in self._streams:
+            self._streams.remove(stream)
+        running = stream.running
+        running.stopping.set()
+        try:
+            await asyncio.wait_for(running.handle.close(), drain_timeout)
+        except TimeoutError:
+            running.deliverer.cancel_all()
+        log.info("streaming subscription %s stopped", stream.subscription.label())
+
+    async def start_subscriptions(self, channel: AppConnection) -> None:
         """Ask the app for its subscriptions, then start delivering every one in scope.
 
         ``SubscriptionError`` when the app's answer cannot be used (a rule that does not compile).
         The channel stays the caller's: it outlives the subscriptions.
         """
-        from runtime.app_channel import AppCallFailed
+        from runtime.event_sink import AppCallFailed
 
         async with self._changing:
             self._channel = channel
             self._swapped.clear()  # every subscription starts on the entries installed now
             try:
-                reply = await channel.subscriptions()
+                self._programmatic = await channel.programmatic_subscriptions()
             except AppCallFailed as exc:
                 log.error("%s; only declarative subscriptions are started", exc)
-            else:
-                if reply.status == 200:
-                    self._programmatic = from_app(reply.body)
-                elif reply.status == 404:
-                    log.debug("user app did not subscribe to any topic")
-                else:
-                    log.error("app returned http status code %d from subscription endpoint", reply.status)
             for subscription in self.subscriptions():
                 if self._stopping.is_set():
                     return

@@ -33,7 +33,9 @@ _WATCHDOG = (
 
 
 def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+    from runtime.grpc import SIDECAR_ONLY
+
+    env = {name: value for name, value in os.environ.items() if name not in SIDECAR_ONLY}
     env.update(
         {
             "APP_ID": options.app_id,
@@ -41,6 +43,8 @@ def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str,
             "PILLION_HTTP_PORT": str(options.http_port),
         }
     )
+    if options.grpc_port is not None:
+        env["DAPR_GRPC_PORT"] = str(options.grpc_port)
     if options.app_port is not None:
         env["APP_PORT"] = str(options.app_port)
     env["APP_CHANNEL_ADDRESS"] = options.app_channel_address

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from runtime import __version__
+from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.block import BlockContext
+from runtime.block_hooks import AppFacing
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
@@ -36,7 +37,10 @@ from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
+    from runtime.event_sink import AppConnection
+    from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
+    from runtime.outbox import Outbox
     from runtime.service_invocation import ServiceInvocation
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
@@ -66,6 +70,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    grpc_port: int | None = None
+    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    app_protocol: str = "http"
     # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
     # --enable-api-logging: one log line per API call.
@@ -77,25 +85,9 @@ class SidecarOptions:
 
 
 def default_components(options: SidecarOptions) -> list[ComponentResource]:
-    """With no resources path: a durable SQLite state store named ``statestore`` and a durable
-    SQLite pubsub named ``pubsub``."""
-    data_dir = options.resolved_data_dir
-    return [
-        ComponentResource(
-            name="statestore",
-            type="state.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "state.db")},
-            file=Path("<embedded default>"),
-        ),
-        ComponentResource(
-            name="pubsub",
-            type="pubsub.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "pubsub.db")},
-            file=Path("<embedded default>"),
-        ),
-    ]
+    """With no resources path: ``statestore`` and ``pubsub`` in SQLite files shared by every app
+    (runtime/embedded.py)."""
+    return embedded.default_components(options.data_dir)
 
 
 class Sidecar:
@@ -107,7 +99,13 @@ class Sidecar:
         self.configuration = Configuration()
         self.blocks = Blocks(BlockContext(options.app_id, self.configuration))
         self.redactor = Redactor()
-        self.components = ComponentSet(options.app_id, options.resolved_data_dir, self.blocks, self.redactor)
+        self.components = ComponentSet(
+            options.app_id,
+            options.resolved_data_dir,
+            self.blocks,
+            self.redactor,
+            embedded.shared_folder(options.data_dir),
+        )
         self.components_ready = False
         self.app_reachable = options.app_port is None
         self._background: set[asyncio.Task[None]] = set()
@@ -121,8 +119,10 @@ class Sidecar:
         self._registration: Path | None = None
         self.tracer = Tracer()
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
-        self.channel: AppChannel | None = None
+        self.channel: AppConnection | None = None
+        self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
+        self.outbox: Outbox | None = None
         self.invocation: ServiceInvocation | None = None
         self.resiliency: Resiliency | None = None
 
@@ -160,14 +160,34 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
+        # Input bindings and configuration pushes speak HTTP to the app; a gRPC app gets neither
+        # (docs/grpc.md: not implemented).
+        channel = self._http_app_channel if self._app_speaks_http() else None
         context = BlockContext(
-            self.options.app_id, self.configuration, self.metrics, self.tracer, self.resiliency
+            self.options.app_id,
+            self.configuration,
+            self.metrics,
+            self.tracer,
+            app_channel=channel,
+            resiliency=self.resiliency,
         )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
         await self.components.start(resources)
+        await self._start_outbox()
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
+
+    async def _start_outbox(self) -> None:
+        """Relay staged messages of the state stores with an outbox (runtime/outbox.py)."""
+        stores = self.state.outbox_stores()
+        if not stores:
+            return
+        from runtime.outbox import Outbox
+
+        self.outbox = Outbox(self.options.app_id, self.state, self.pubsub)
+        self.state.outbox = self.outbox
+        await self.outbox.start(stores)
 
     async def stop_components(self) -> None:
         for task in self._background:
@@ -179,6 +199,11 @@ class Sidecar:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
         await self.pubsub.stop_subscriptions(self.options.drain_timeout)
+        if self.outbox is not None:
+            await self.outbox.stop()
+        for block in self.blocks.all():
+            if isinstance(block, AppFacing):
+                await block.stop()
         if self.channel is not None:
             await self.channel.aclose()
             self.channel = None
@@ -227,20 +252,43 @@ class Sidecar:
                 health.probe_now()
                 await health.wait_healthy()
             await self.start_subscriptions()
+            if self._app_speaks_http():
+                for block in self.blocks.all():
+                    if isinstance(block, AppFacing):
+                        await block.app_ready(self._http_app_channel())
             self.app_reachable = True
             return
 
-    def app_channel(self) -> AppChannel:
-        if self.channel is None:
-            from runtime.app_channel import AppChannel
+    def _app_speaks_http(self) -> bool:
+        return self.options.app_port is not None and self.options.app_protocol != "grpc"
 
-            assert self.options.app_port is not None
-            self.channel = AppChannel(
-                self.options.app_channel_address,
-                self.options.app_port,
-                self.options.app_id,
-                self.options.app_health,
-            )
+    def _http_app_channel(self) -> AppChannel:
+        from runtime.app_channel import AppChannel
+
+        channel = self.app_channel()
+        assert isinstance(channel, AppChannel)
+        return channel
+
+    def app_channel(self) -> AppConnection:
+        if self.channel is None:
+            options = self.options
+            assert options.app_port is not None
+            if options.app_protocol == "grpc":
+                from runtime.grpc.app_channel import GrpcAppChannel
+
+                self.channel = GrpcAppChannel(
+                    options.app_channel_address,
+                    options.app_port,
+                    options.app_id,
+                    options.app_health,
+                    options.max_body_size,
+                )
+            else:
+                from runtime.app_channel import AppChannel
+
+                self.channel = AppChannel(
+                    options.app_channel_address, options.app_port, options.app_id, options.app_health
+                )
         return self.channel
 
     def _start_app_health(self) -> None:
@@ -278,13 +326,18 @@ class Sidecar:
 
     def metadata(self) -> dict[str, Any]:
         version = f"pillion-{__version__}"
-        app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
+        app: dict[str, Any] = {
+            "protocol": self.options.app_protocol,
+            "channelAddress": self.options.app_channel_address,
+        }
         if self.options.app_port is not None:
             app["port"] = self.options.app_port
         extended = {**self.extended, "daprRuntimeVersion": version}
         health = self.channel.health if self.channel is not None else None
         if health is not None:
             app["health"] = health.check.describe()
+            if self.options.app_protocol == "grpc":
+                del app["health"]["healthCheckPath"]  # a gRPC app is probed with HealthCheck
             # Pillion's own key: the contract has no place for the state the probes found.
             extended["appHealth"] = health.status
         body: dict[str, Any] = {
@@ -305,6 +358,9 @@ class Sidecar:
         ]
         if components:
             body["components"] = components
+        if self.components.not_loaded:
+            # Pillion's own key: daprd would have refused to start instead.
+            body["componentsNotLoaded"] = [c.describe() for c in self.components.not_loaded]
         subscriptions = self.pubsub.describe_subscriptions()
         if subscriptions:
             body["subscriptions"] = subscriptions
@@ -378,7 +434,11 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            if not self.options.resources_paths:
+                options = self.options
+                await asyncio.to_thread(embedded.adopt_legacy_data, options.app_id, options.data_dir)
             await self._start_invocation()
+            await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
@@ -407,12 +467,32 @@ class Sidecar:
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
+            if self.grpc is not None:
+                await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
             sock.close()
             await self._stop_observability()
             log.info("pillion stopped")
         if self._fatal is not None:
             raise StartupError(self._fatal)
+
+    async def _start_grpc(self) -> None:
+        """The gRPC API, before the app starts. A port given with --dapr-grpc-port must be had;
+        the default one (50001) is best effort, so several sidecars can run side by side."""
+        from runtime.grpc.server import DEFAULT_PORT, GrpcServer
+
+        options = self.options
+        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        try:
+            await server.start()
+        except OSError as exc:
+            problem = f"cannot listen on {options.host}:{server.port} for the gRPC API: {exc}"
+            if options.grpc_port is not None:
+                raise StartupError(problem) from None
+            log.warning("%s; the gRPC API is not served (pass --dapr-grpc-port to choose a port)", problem)
+            return
+        self.grpc = server
+        log.info("gRPC API on %s:%d", options.host, server.port)
 
     # --- observability -------------------------------------------------------------------------
 

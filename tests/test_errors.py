@@ -26,7 +26,13 @@ _SAMPLES: dict[str, list[Any]] = {
 # Answers that an errorCode enum cannot list, each named in the spec's text instead.
 _NAMED_IN_TEXT = {(500, "ERR_INTERNAL"), (500, "ERR_DIRECT_INVOKE")}
 # No HTTP route can carry an empty pubsub name (the path would not match): a gRPC-only answer.
-_GRPC_ONLY = {(404, "ERR_PUBSUB_EMPTY")}
+_GRPC_ONLY = {
+    (404, "ERR_PUBSUB_EMPTY"),
+    # DeleteBulkState has no HTTP route.
+    (400, "ERR_STATE_BULK_DELETE"),
+    (409, "ERR_STATE_BULK_DELETE"),
+    (500, "ERR_STATE_BULK_DELETE"),
+}
 
 
 def constructors() -> dict[str, Callable[..., APIError]]:

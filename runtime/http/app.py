@@ -13,7 +13,18 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, internal
-from runtime.http import admin, invoke, pubsub, runtime_api, secrets, state
+from runtime.http import (
+    admin,
+    bindings,
+    configuration,
+    invoke,
+    lock,
+    pubsub,
+    runtime_api,
+    secrets,
+    state,
+    unsupported,
+)
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -155,6 +166,41 @@ def runtime_routes() -> list[BaseRoute]:
     ]
 
 
+def bindings_routes() -> list[BaseRoute]:
+    return [route("/bindings/{name}", bindings.invoke, ["POST", "PUT"])]
+
+
+def configuration_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for version in ("v1.0", "v1.0-alpha1"):
+        routes += [
+            route("/configuration/{store}/subscribe", configuration.subscribe, ["GET"], version=version),
+            route(
+                "/configuration/{store}/{id}/unsubscribe", configuration.unsubscribe, ["GET"], version=version
+            ),
+            route("/configuration/{store}", configuration.get_configuration, ["GET"], version=version),
+        ]
+    return routes
+
+
+def lock_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/lock/{store}", lock.try_lock, ["POST"], version=alpha),
+        route("/unlock/{store}", lock.unlock, ["POST"], version=alpha),
+    ]
+
+
+def unsupported_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/crypto/{name}/encrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/crypto/{name}/decrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version="v1.0-alpha2"),
+    ]
+
+
 def invoke_routes() -> list[BaseRoute]:
     # Other verbs reach the same endpoint through the fallback.
     verbs = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -168,13 +214,18 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         Exception: _unexpected,
     }
     # Invocation first: its calls go through the whole app again on the target, and a route
-    # missed costs every request the others' matching.
+    # missed costs every request the others' matching. The lock API next to the other
+    # per-request ones; the rarely called runtime, configuration and admin routes after.
     routes = (
         invoke_routes()
         + state_routes()
         + pubsub_routes()
+        + lock_routes()
         + runtime_routes()
         + secrets_routes()
+        + bindings_routes()
+        + configuration_routes()
+        + unsupported_routes()
         + (extra_routes or [])
     )
     routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
