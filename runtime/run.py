@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -31,14 +30,6 @@ _WATCHDOG = (
     'while read -r _; do :; done; kill -s TERM -- "-$1" 2>/dev/null || exit 0; '
     'sleep "$2"; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
 )
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now, for a port `pillion run` was not given."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def app_environment(options: SidecarOptions, api_token: str | None, grpc_port: int | None) -> dict[str, str]:
