@@ -342,7 +342,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         api_token=_api_token(args),
         app_health=_health_check(args),
         grpc_port=args.dapr_grpc_port,
-        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
+        app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
     )
@@ -433,7 +433,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
     if args.dapr_grpc_port is None:
-        args.dapr_grpc_port = free_port()
+        args.dapr_grpc_port = 0  # bound by the OS when the server starts: no race for a free port
     if args.metrics_port is None:
         args.metrics_port = free_port()
     label = f" - {args.output_label}" if args.output_label else ""
