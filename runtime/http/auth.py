@@ -1,4 +1,5 @@
-"""API token check (reference section 6.1), before routing, as daprd does it (in runtime.http.entry)."""
+"""API token check before routing, as daprd does it (in runtime.http.entry); see
+https://docs.dapr.io/operations/security/api-token/."""
 
 from __future__ import annotations
 
