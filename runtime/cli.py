@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from runtime.app_health import HealthCheck
 from runtime.compat_flags import add_ignored_flags, warn_ignored
 from runtime.dashboard import cli as dashboard_cli
 from runtime.jsonlog import JsonFormatter
+from runtime.ports import free_port
 from runtime.resources import ResourceError
 from runtime.run import run
 from runtime.service_invocation import InvocationOptions
@@ -134,7 +134,11 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     parser.add_argument(
         "--max-body-size", type=parse_size, default=parse_size("4Mi"), help="request body limit (4Mi)"
     )
-    parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the embedded default stores live (default ~/.pillion, shared by all apps)",
+    )
     parser.add_argument(
         *short("--config", "-c"),
         type=Path,
@@ -478,13 +482,6 @@ def certs(args: argparse.Namespace) -> int:
     print(f"pillion: CA for trust domain {args.trust_domain!r} written to {path} (key beside it, mode 0600)")
     print("pillion: copy this folder to every host whose sidecars should call each other (--ca-dir)")
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
