@@ -306,7 +306,7 @@ def test_streaming_subscription_acks_retries_and_dead_letters(sdk_env: SidecarPr
         drops, close_drop = _collect(client, "drop", lambda m: "drop", dead_letter_topic="dead")
         dead, close_dead = _collect(client, "dead", lambda m: "success")
         try:
-            _wait_for(lambda: len(_subscriptions(sdk_env)) >= 4)
+            _wait_for(lambda: len(_subscriptions(sdk_env)) >= 4, timeout=30)
             listed = {(s.topic, s.type) for s in _subscriptions(sdk_env)}
             assert ("orders", metadata_pb2.PubsubSubscriptionType.STREAMING) in listed
             with sdk_env.client() as http:
@@ -319,7 +319,7 @@ def test_streaming_subscription_acks_retries_and_dead_letters(sdk_env: SidecarPr
             client.publish_event("pubsub", "orders", data="plain")
             client.publish_event("pubsub", "retry", data="again")
             client.publish_event("pubsub", "drop", data="unwanted")
-            _wait_for(lambda: len(orders) == 2 and len(retries) == 3 and len(dead) == 1)
+            _wait_for(lambda: len(orders) == 2 and len(retries) == 3 and len(dead) == 1, timeout=30)
             assert orders[0].data() == {"n": 1}
             assert orders[0].data_content_type() == "application/json"
             assert orders[1].data() == "plain" or orders[1].raw_data() == b"plain"
@@ -443,10 +443,16 @@ def test_secrets_and_metadata(sdk_env: SidecarProcess) -> None:
 
 
 def test_unimplemented_methods_are_named(sdk_env: SidecarProcess) -> None:
-    with DaprClient() as client, pytest.raises(grpc.RpcError) as lock:
-        client.try_lock("store", "resource", "me", 10)
-    assert lock.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "TryLockAlpha1" in str(lock.value.details())
+    channel, _ = _stub(sdk_env)
+    with channel:
+        for method in ("GetWorkflowBeta1", "SubscribeConfiguration", "NoSuchMethodAtAll"):
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                f"/dapr.proto.runtime.v1.Dapr/{method}"
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert method in str(refused.value.details())
 
 
 # --- the asyncio client --------------------------------------------------------------------------
