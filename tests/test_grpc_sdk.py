@@ -22,7 +22,7 @@ from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._response import TopicEventResponse
 from dapr.clients.grpc._state import Concurrency, StateItem, StateOptions
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import dapr_pb2_grpc, metadata_pb2, pubsub_pb2, state_pb2
+from dapr.proto.runtime.v1 import actors_pb2, dapr_pb2_grpc, metadata_pb2, pubsub_pb2, state_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from tests.support import ROOT, SidecarProcess, free_port, start_sidecar
@@ -443,10 +443,11 @@ def test_secrets_and_metadata(sdk_env: SidecarProcess) -> None:
 
 
 def test_unimplemented_methods_are_named(sdk_env: SidecarProcess) -> None:
-    with DaprClient() as client, pytest.raises(grpc.RpcError) as lock:
-        client.try_lock("store", "resource", "me", 10)
-    assert lock.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "TryLockAlpha1" in str(lock.value.details())
+    channel, stub = _stub(sdk_env)
+    with channel, pytest.raises(grpc.RpcError) as actor:
+        stub.GetActorState(actors_pb2.GetActorStateRequest(actor_type="t", actor_id="i", key="k"))
+    assert actor.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "GetActorState" in str(actor.value.details())
 
 
 # --- the asyncio client --------------------------------------------------------------------------
