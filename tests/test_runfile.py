@@ -177,6 +177,7 @@ def test_dapr_cli_flags_are_accepted(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=30)
     assert f"env flags {app_port} http {grpc_port}" in output
     assert "HTTP API Called: GET /v1.0/metadata" in output
+    # -G is a real flag now (the gRPC API's port); these still have no effect.
     for flag in (
         "--placement-host-address",
         "--app-max-concurrency",
