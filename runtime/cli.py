@@ -297,7 +297,12 @@ def _serve(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         check_listen_address(options, args.allow_remote_access)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(Sidecar(options).serve())
+            try:
+                runner.run(Sidecar(options).serve())
+            except (ResourceError, StartupError) as exc:
+                # Said before the loop closes: closing it waits for whatever tasks are left.
+                tell(args, str(exc), logging.ERROR)
+                return 1
     except (ResourceError, StartupError) as exc:
         tell(args, str(exc), logging.ERROR)
         return 1
@@ -318,7 +323,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         check_listen_address(options, args.allow_remote_access)
         tell(args, f"app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}")
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(run(options, command, args.app_grace_period, options.api_token))
+            try:
+                return runner.run(run(options, command, args.app_grace_period, options.api_token))
+            except (ResourceError, StartupError) as exc:
+                tell(args, str(exc), logging.ERROR)
+                return 1
     except (ResourceError, StartupError) as exc:
         tell(args, str(exc), logging.ERROR)
         return 1

@@ -32,6 +32,7 @@ from typing import cast
 from watchfiles import Change, awatch
 
 from components.secretstores.base import SecretStore
+from runtime.deadlines import close_component
 from runtime.pubsub import BrokerEntry
 from runtime.resources import ComponentResource, ResourceError, load_components, load_subscriptions
 from runtime.secrets import init_order, resolve_references, secret_values
@@ -222,10 +223,7 @@ class ResourceWatcher:
     @staticmethod
     async def _close(components: Sequence[LoadedComponent]) -> None:
         for loaded in components:
-            try:
-                await loaded.instance.close()
-            except Exception as exc:
-                log.warning("closing component %s failed: %s", loaded.resource.name, exc)
+            await close_component(loaded.resource.name, loaded.instance)
 
 
 class _StartFailed(Exception):

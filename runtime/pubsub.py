@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOptions, message_ttl
 from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents
+from runtime.deadlines import CLOSE_TIMEOUT
 from runtime.errors import APIError, error_info
 from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
 from runtime.tracing import Span, Tracer
@@ -486,9 +487,13 @@ class PubSubBlock:
             log.warning("%d subscriptions still delivering after %gs; interrupting", len(late), drain_timeout)
             for subscription in running:
                 subscription.deliverer.cancel_all()
-            await asyncio.gather(*late, return_exceptions=True)
+            _, stuck = await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
+            if stuck:
+                log.error("%d subscriptions did not close within %gs; left behind", len(stuck), CLOSE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
         for task in closing:
-            if not task.cancelled() and task.exception() is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("closing a subscription failed: %s", task.exception())
 
     async def stop_subscriptions(self, drain_timeout: float) -> None:

@@ -5,7 +5,8 @@ first thing never races it. The app runs as a child in its own process group:
 
 * the app exits -> the sidecar drains and this process exits with the app's exit code;
 * the sidecar fails -> the app's whole process group gets SIGTERM, then SIGKILL after a grace;
-* SIGINT/SIGTERM here -> forwarded to the app's process group (a second one kills it);
+* SIGINT/SIGTERM here -> forwarded to the app's process group; SIGKILL after the grace period
+  (or at once on a second signal);
 * this process is SIGKILLed -> a tiny watchdog (``sh``, in its own session) sees its pipe close
   and stops the app's process group the same way, so no orphan is left behind.
 """
@@ -20,6 +21,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from runtime.deadlines import STOP_SLACK, exit_after
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 log = logging.getLogger("pillion.run")
@@ -132,14 +134,27 @@ class AppSupervisor:
         assert self.process is not None
         return self.process.pid
 
-    def forward(self, sig: int) -> None:
+    @property
+    def signalled(self) -> bool:
+        return self._signals_seen > 0
+
+    def forward(self, sig: int) -> bool:
+        """Pass a signal on to the app; True for the first one. The app then has its grace period
+        to exit before it is killed, and a second signal kills it at once."""
         self._signals_seen += 1
         if self._signals_seen > 1:
             log.warning("second signal: killing the app")
             signal_group(self.pgid, signal.SIGKILL)
-        else:
-            log.info("forwarding %s to the app", signal.Signals(sig).name)
-            signal_group(self.pgid, sig)
+            return False
+        log.info("forwarding %s to the app", signal.Signals(sig).name)
+        signal_group(self.pgid, sig)
+        asyncio.get_running_loop().call_later(self.grace, self._kill_late)
+        return True
+
+    def _kill_late(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            log.warning("the app is still running %.1fs after the signal: SIGKILL", self.grace)
+            signal_group(self.pgid, signal.SIGKILL)
 
     async def wait(self) -> int:
         assert self.process is not None
@@ -172,6 +187,7 @@ async def run(options: SidecarOptions, command: Sequence[str], grace: float, api
     serving = asyncio.create_task(sidecar.serve(handle_signals=False))
     while not sidecar.serving:
         if serving.done():
+            exit_after(STOP_SLACK, "start-up failed")
             serving.result()  # raises the start-up error
             return 1
         await asyncio.sleep(0.005)
@@ -187,12 +203,21 @@ async def run(options: SidecarOptions, command: Sequence[str], grace: float, api
     sidecar.extended.update(
         {"appPID": str(app.pgid), "appCommand": " ".join(command), "cliPID": str(os.getpid())}
     )
+    # However it stops, this process ends within this bound: the app's grace, the drain, the rest.
+    stop_bound = grace + options.drain_timeout + STOP_SLACK
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        if app.forward(sig):
+            exit_after(stop_bound, signal.Signals(sig).name)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, app.forward, sig)
+        loop.add_signal_handler(sig, on_signal, sig)
     app_exit = asyncio.create_task(app.wait())
     try:
         done, _ = await asyncio.wait({app_exit, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if not app.signalled:
+            exit_after(stop_bound, "the app exited" if app_exit in done else "the sidecar stopped")
         if app_exit in done:
             code = exit_code(app_exit.result())
             log.info("app exited with code %d; stopping the sidecar", code)

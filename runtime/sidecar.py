@@ -25,6 +25,7 @@ from components.state.base import StateStore
 from runtime import __version__
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.configuration import Configuration, load_configuration
+from runtime.deadlines import STOP_SLACK, close_component, exit_after, within
 from runtime.metrics import Metrics, MetricsServer
 from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
 from runtime.resource_monitor import ResourceMonitor
@@ -231,7 +232,7 @@ class Sidecar:
         context = ComponentContext(resource.name, self.options.app_id, data_dir, resource.file.parent)
         try:
             instance: Component = cls(metadata, context)
-            await asyncio.wait_for(instance.init(), resource.init_timeout)
+            await within(instance.init(), resource.init_timeout, f"init of component {resource.name}")
         except Exception as exc:
             problem = self.redactor.redact(str(exc) or type(exc).__name__)
             if isinstance(exc, TimeoutError):
@@ -255,10 +256,7 @@ class Sidecar:
             await self.channel.aclose()
             self.channel = None
         for loaded in reversed(self.components):
-            try:
-                await loaded.instance.close()
-            except Exception as exc:
-                log.warning("closing component %s failed: %s", loaded.resource.name, exc)
+            await close_component(loaded.resource.name, loaded.instance)
         self.components.clear()
 
     def spawn(self, coro: Any) -> None:
@@ -416,7 +414,8 @@ class Sidecar:
                 timeout_graceful_shutdown=5,
                 server_header=False,
                 proxy_headers=False,
-            )
+            ),
+            self.options.drain_timeout,
         )
         self._server = server
         try:
@@ -444,6 +443,8 @@ class Sidecar:
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
+            if handle_signals:
+                exit_after(self.options.drain_timeout + STOP_SLACK, "stopping began")
             await self.stop_components()
             sock.close()
             await self._stop_observability()
@@ -516,6 +517,10 @@ class _Server(uvicorn.Server):
     """uvicorn's server without its signal re-raise: Pillion closes its components after the
     server stops, and re-raising SIGTERM would kill the process before SQLite is checkpointed."""
 
+    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.drain_timeout = drain_timeout
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -532,7 +537,10 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
-        log.info("received %s, shutting down", signal.Signals(sig).name)
+        name = signal.Signals(sig).name
+        log.info("received %s, shutting down", name)
         if self.should_exit:
             self.force_exit = True
+        else:
+            exit_after(self.drain_timeout + STOP_SLACK, name)
         self.should_exit = True

@@ -162,9 +162,12 @@ class MQTTPubSub:
         self.instance = short_hash(socket.gethostname(), str(self._sessions_dir), self.name, str(slot))
         try:
             self._publisher = await self._connect(None, clean_session=True)
-        except Exception as exc:
-            await asyncio.to_thread(lease.close)
+        except BaseException as exc:
+            # Also when cancelled: the slot is free again for the next attempt.
+            lease.close()
             self._lease = None
+            if not isinstance(exc, Exception):
+                raise
             raise RuntimeError(f"cannot reach the MQTT broker at {self.where()}: {exc}") from None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -226,7 +229,13 @@ class MQTTPubSub:
         # Before connecting: a persistent session starts sending what it kept at once.
         # aiomqtt has no public switch for this yet (aiomqtt#345); paho-mqtt 2 has.
         client._client.manual_ack_set(True)
-        await client.__aenter__()
+        try:
+            await client.__aenter__()
+        except BaseException:
+            # aiomqtt keeps the socket and its housekeeping task of a connect that got no CONNACK
+            # in time, or was cancelled: drop both, or they outlive the attempt.
+            client._client._reset_sockets()
+            raise
         return client
 
     async def close(self) -> None:

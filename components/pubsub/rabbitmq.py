@@ -269,21 +269,29 @@ class RabbitMQPubSub:
     # --- life cycle -------------------------------------------------------------------------
 
     async def init(self) -> None:
-        import aio_pika
+        from aio_pika import RobustConnection
+        from aio_pika.connection import make_url
         from aiormq.exceptions import AMQPError
 
+        # Made here rather than by aio_pika.connect_robust so that a connect that fails or is
+        # cancelled half-way can be closed: the robust connection's reconnect task takes a
+        # cancellation for a lost connection and would otherwise keep dialling for ever.
+        connection = RobustConnection(
+            make_url(self.url, reconnect_interval=self.reconnect_wait),
+            client_properties={"connection_name": self.client_name},
+            reconnect_interval=self.reconnect_wait,
+        )
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.url,
-                client_properties={"connection_name": self.client_name},
-                reconnect_interval=self.reconnect_wait,
-                timeout=10,
-            )
-        except (AMQPError, OSError, TimeoutError) as exc:
-            raise RuntimeError(
-                f"cannot reach RabbitMQ at {self.where()}: {exc or type(exc).__name__}"
-            ) from None
-        self._publisher = await self._connection.channel(publisher_confirms=True)
+            await connection.connect(timeout=10)
+            self._publisher = await connection.channel(publisher_confirms=True)
+        except BaseException as exc:
+            await asyncio.shield(connection.close())
+            if isinstance(exc, AMQPError | OSError | TimeoutError):
+                raise RuntimeError(
+                    f"cannot reach RabbitMQ at {self.where()}: {exc or type(exc).__name__}"
+                ) from None
+            raise
+        self._connection = connection
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
