@@ -15,6 +15,7 @@ from pathlib import Path
 from components.metadata import parse_duration
 from runtime import __version__, secrets_cli, status
 from runtime.app_health import HealthCheck
+from runtime.http.connections import RESERVED_DESCRIPTORS, ConnectionLimits, raise_open_file_limit
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
 from runtime.run import run
@@ -155,6 +156,28 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         default=5.0,
         help="seconds in-flight deliveries may take to finish when stopping (5)",
     )
+    limits = parser.add_argument_group("connections to the API")
+    limits.add_argument(
+        "--http-read-header-timeout",
+        type=_duration(1.0),
+        default=10.0,
+        metavar="DURATION",
+        help="time a client has to send a request's headers, as daprd (10s)",
+    )
+    limits.add_argument(
+        "--http-read-body-timeout",
+        type=_duration(1.0),
+        default=60.0,
+        metavar="DURATION",
+        help="time a client has to send a request's body once its headers came (60s)",
+    )
+    limits.add_argument(
+        "--http-max-connections",
+        type=_positive_int,
+        default=None,
+        help="connections served at once; beyond it only health probes are answered "
+        f"(the open-file limit less {RESERVED_DESCRIPTORS})",
+    )
     health = parser.add_argument_group("app health checks (deliveries pause while the app is unhealthy)")
     health.add_argument(
         "--enable-app-health-check",
@@ -230,6 +253,9 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         metrics_port=args.metrics_port,
         api_token=_api_token(args),
         app_health=_health_check(args),
+        connection_limits=ConnectionLimits(
+            args.http_read_header_timeout, args.http_read_body_timeout, args.http_max_connections
+        ),
     )
 
 
@@ -343,6 +369,8 @@ def free_port() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("serve", "run"):
+        raise_open_file_limit()
     if args.command == "serve":
         return _serve(args)
     if args.command == "run":

@@ -26,6 +26,7 @@ from runtime import __version__
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.configuration import Configuration, load_configuration
 from runtime.deadlines import STOP_SLACK, close_component, exit_after, within
+from runtime.http.connections import ConnectionLimits, protocol_class
 from runtime.metrics import Metrics, MetricsServer
 from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
 from runtime.resource_monitor import ResourceMonitor
@@ -73,6 +74,8 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # Deadlines on reading a request and the cap on connections (--http-read-*, --http-max-connections).
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -410,7 +413,8 @@ class Sidecar:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                http="httptools",
+                http=protocol_class(self.options.connection_limits),
+                ws="none",  # nothing in the API is a WebSocket
                 timeout_graceful_shutdown=5,
                 server_header=False,
                 proxy_headers=False,

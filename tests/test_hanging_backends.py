@@ -189,7 +189,7 @@ def _wait_serving(port: int, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def _sigterm_takes(proc: subprocess.Popen[str]) -> float:
+def _sigterm_takes(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> float:
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
