@@ -168,6 +168,8 @@ class Sidecar:
         secret_stores: dict[str, SecretStore] = {}
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
+        # Whatever a library logs (a header dump at debug level), the tokens never show.
+        self.redactor.add(t for t in (self.options.api_token, os.environ.get("APP_API_TOKEN")) if t)
         # Secret stores start before the components whose secretKeyRefs read from them.
         for unresolved in init_order(resources):
             resource = await resolve_references(unresolved, secret_stores)

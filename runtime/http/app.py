@@ -59,15 +59,29 @@ class DaprPathMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            raw: bytes = scope.get("raw_path") or scope["path"].encode()
-            path = raw.split(b"?", 1)[0].decode("latin-1")
-            if "//" in path:
-                path = "/" + "/".join(part for part in path.split("/") if part)
-            if len(path) > 1 and path.endswith("/"):
-                path = path.rstrip("/") or "/"
-            scope = {**scope, "path": path}
+        if scope["type"] != "http":
+            await _not_http(self.app, scope, receive, send)
+            return
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = raw.split(b"?", 1)[0].decode("latin-1")
+        if "//" in path:
+            path = "/" + "/".join(part for part in path.split("/") if part)
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/") or "/"
+        scope = {**scope, "path": path}
         await self.app(scope, receive, send)
+
+
+async def _not_http(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Only HTTP requests reach the API: a WebSocket is closed before it opens, any other kind
+    of connection is dropped. Lifespan events, which carry no request, pass."""
+    if scope["type"] == "lifespan":
+        await app(scope, receive, send)
+    elif scope["type"] == "websocket":
+        log.debug("refused a WebSocket connection: the API serves HTTP only")
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        log.debug("refused a connection of type %r: the API serves HTTP only", scope["type"])
 
 
 async def fallback(request: Request) -> Response:

@@ -18,7 +18,12 @@ class TokenMiddleware:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] in EXEMPT):
+        if scope["type"] != "http":
+            # Nothing but HTTP carries the API; lifespan events carry no request.
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
         given = b""

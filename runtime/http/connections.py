@@ -161,6 +161,11 @@ def protocol_class(limits: ConnectionLimits) -> type[asyncio.Protocol]:
                 )
                 state.turned_away = 0
 
+        def _unsupported_upgrade_warning(self) -> None:
+            # uvicorn's own advice here is to install a WebSocket library: the API has no use
+            # for one, and the request is served as the plain HTTP request it also is.
+            log.debug("an upgrade to another protocol was asked for; the API serves HTTP only")
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._request_started = True
