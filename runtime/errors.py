@@ -1,73 +1,550 @@
-"""Errors the API answers with, in daprd's shape: ``{"errorCode", "message", "details"?}``.
+"""The errors a request can end with, described once for every transport.
 
-Building blocks raise :class:`APIError`; the HTTP layer renders it. The codes, statuses and
-``reason`` values follow ../shared/reference/dapr-http-api.md sections 0.5 and 9.
+A building block raises :class:`APIError`. It carries what daprd sends for the error on either
+API: the ``errorCode`` and HTTP status of the JSON body, the gRPC status code, and the rich error
+details daprd attaches (``google.rpc`` ErrorInfo, ResourceInfo, BadRequest, Help). The transports
+only render it: ``runtime/http/wire.py`` as ``{"errorCode", "message", "details"?}``, a gRPC
+server as a ``google.rpc.Status``. Nothing here imports grpcio: :class:`GrpcCode` is the plain
+numbering of ``google.rpc.Code``.
+
+Every ``errorCode`` is a member of :class:`Code`, and the functions below are the only place an
+``APIError`` is built (``tests/test_errors.py`` checks both, and that each (HTTP status,
+errorCode) pair is the one ``docs/openapi.yaml`` documents). Codes, statuses, gRPC codes and
+ErrorInfo reasons are daprd's: ``pkg/messages/errorcodes``, ``pkg/messages/predefined.go`` and
+``pkg/api/errors`` in github.com/dapr/dapr.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Literal
 
 DOMAIN = "dapr.io"
 
 
+class GrpcCode(IntEnum):
+    """gRPC status codes (``google.rpc.Code``), so that blocks can name one without grpcio."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class Code(StrEnum):
+    """Every ``errorCode`` Pillion answers with."""
+
+    # common
+    MALFORMED_REQUEST = "ERR_MALFORMED_REQUEST"
+    BODY_READ = "ERR_BODY_READ"
+    INTERNAL = "ERR_INTERNAL"
+    DIRECT_INVOKE = "ERR_DIRECT_INVOKE"
+    HEALTH_NOT_READY = "ERR_HEALTH_NOT_READY"
+    HEALTH_APPID_NOT_MATCH = "ERR_HEALTH_APPID_NOT_MATCH"
+    OUTBOUND_HEALTH_NOT_READY = "ERR_OUTBOUND_HEALTH_NOT_READY"
+    # state
+    STATE_STORE_NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
+    STATE_STORE_NOT_CONFIGURED = "ERR_STATE_STORE_NOT_CONFIGURED"
+    STATE_STORE_NOT_SUPPORTED = "ERR_STATE_STORE_NOT_SUPPORTED"
+    STATE_STORE_TOO_MANY_TRANSACTIONS = "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS"
+    STATE_GET = "ERR_STATE_GET"
+    STATE_BULK_GET = "ERR_STATE_BULK_GET"
+    STATE_SAVE = "ERR_STATE_SAVE"
+    STATE_DELETE = "ERR_STATE_DELETE"
+    STATE_TRANSACTION = "ERR_STATE_TRANSACTION"
+    STATE_QUERY = "ERR_STATE_QUERY"
+    NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
+    # pub/sub
+    PUBSUB_EMPTY = "ERR_PUBSUB_EMPTY"
+    PUBSUB_NOT_FOUND = "ERR_PUBSUB_NOT_FOUND"
+    TOPIC_NAME_EMPTY = "ERR_TOPIC_NAME_EMPTY"
+    PUBSUB_FORBIDDEN = "ERR_PUBSUB_FORBIDDEN"
+    PUBSUB_PUBLISH_MESSAGE = "ERR_PUBSUB_PUBLISH_MESSAGE"
+    PUBSUB_REQUEST_METADATA = "ERR_PUBSUB_REQUEST_METADATA"
+    PUBSUB_CLOUD_EVENTS_SER = "ERR_PUBSUB_CLOUD_EVENTS_SER"
+    PUBSUB_EVENTS_SER = "ERR_PUBSUB_EVENTS_SER"
+    # secrets
+    SECRET_STORES_NOT_CONFIGURED = "ERR_SECRET_STORES_NOT_CONFIGURED"
+    SECRET_STORE_NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
+    PERMISSION_DENIED = "ERR_PERMISSION_DENIED"
+    SECRET_GET = "ERR_SECRET_GET"
+
+
+# --- error details (google.rpc.*), in the order daprd adds them ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    reason: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    domain: str = DOMAIN
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceInfo:
+    resource_type: str
+    resource_name: str
+    description: str = ""
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """One field violation (daprd never sends more than one)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelpLink:
+    description: str
+    url: str
+
+
+Detail = ErrorInfo | ResourceInfo | BadRequest | HelpLink
+
+
 class APIError(Exception):
+    """An error answer: ``status`` for HTTP, ``grpc`` for gRPC, the rest for both."""
+
     def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        code: Code,
+        message: str,
+        details: Sequence[Detail] = (),
+        *,
+        grpc: GrpcCode,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.details = details
+        self.details = tuple(details)
+        self.grpc = grpc
 
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"errorCode": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return body
+    @property
+    def error_info(self) -> ErrorInfo:
+        """The ErrorInfo a gRPC status carries. When the error names none, daprd's gRPC API
+        sends the errorCode as the reason (its ``apierrors.Basic``); its HTTP API sends none."""
+        for detail in self.details:
+            if isinstance(detail, ErrorInfo):
+                return detail
+        return ErrorInfo(self.code)
 
-
-def error_info(reason: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "domain": DOMAIN,
-        "metadata": metadata or {},
-        "reason": reason,
-    }
-
-
-def resource_info(resource_type: str, name: str) -> dict[str, Any]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-        "description": "",
-        "owner": "",
-        "resource_name": name,
-        "resource_type": resource_type,
-    }
+    @property
+    def resource_info(self) -> ResourceInfo | None:
+        for detail in self.details:
+            if isinstance(detail, ResourceInfo):
+                return detail
+        return None
 
 
-def bad_request(field: str, description: str) -> dict[str, Any]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.BadRequest",
-        "field_violations": [{"field": field, "description": description}],
-    }
+def _error(status: int, grpc: GrpcCode, code: Code, message: str, *details: Detail) -> APIError:
+    return APIError(status, code, message, details, grpc=grpc)
 
 
-def help_link(description: str, url: str) -> dict[str, Any]:
-    return {
-        "@type": "type.googleapis.com/google.rpc.Help",
-        "links": [{"description": description, "url": url}],
-    }
+# --- common ----------------------------------------------------------------------------------------
 
 
 def malformed(message: str) -> APIError:
-    return APIError(400, "ERR_MALFORMED_REQUEST", message)
+    return _error(400, GrpcCode.INVALID_ARGUMENT, Code.MALFORMED_REQUEST, message)
+
+
+def body_too_large(limit: int) -> APIError:
+    return _error(
+        413,
+        GrpcCode.RESOURCE_EXHAUSTED,
+        Code.BODY_READ,
+        f"request body is larger than the limit of {limit} bytes (--max-body-size)",
+    )
+
+
+def internal() -> APIError:
+    """Anything unexpected: the client learns nothing more, the traceback goes to the log."""
+    return _error(500, GrpcCode.INTERNAL, Code.INTERNAL, "internal error; see the sidecar log")
 
 
 def direct_invoke_missing_app_id() -> APIError:
-    return APIError(
+    return _error(
         404,
-        "ERR_DIRECT_INVOKE",
+        GrpcCode.NOT_FOUND,
+        Code.DIRECT_INVOKE,
         "failed getting app id either from the URL path or the header dapr-app-id",
     )
+
+
+def direct_invoke_failed(target: str, problem: str) -> APIError:
+    return _error(
+        500, GrpcCode.INTERNAL, Code.DIRECT_INVOKE, f"failed to invoke, id: {target}, err: {problem}"
+    )
+
+
+def health_app_id_mismatch(app_id: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.HEALTH_APPID_NOT_MATCH,
+        f"dapr app-id does not match: expected {app_id}",
+    )
+
+
+def health_not_ready(waiting: Sequence[str]) -> APIError:
+    return _error(500, GrpcCode.INTERNAL, Code.HEALTH_NOT_READY, f"dapr is not ready: [{' '.join(waiting)}]")
+
+
+def outbound_not_ready(unreachable: Sequence[str] = ()) -> APIError:
+    message = "dapr outbound is not ready"
+    if unreachable:
+        message += f": unreachable {', '.join(unreachable)}"
+    return _error(500, GrpcCode.INTERNAL, Code.OUTBOUND_HEALTH_NOT_READY, message)
+
+
+# --- state -----------------------------------------------------------------------------------------
+
+EtagProblem = Literal["mismatch", "invalid"] | None
+
+
+def state_store_not_configured(store: str, app_id: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.FAILED_PRECONDITION,
+        Code.STATE_STORE_NOT_CONFIGURED,
+        f"state store {store} is not configured",
+        ErrorInfo("DAPR_STATE_NOT_CONFIGURED", {"appID": app_id}),
+    )
+
+
+def state_store_not_found(store: str, app_id: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.STATE_STORE_NOT_FOUND,
+        f"state store {store} is not found",
+        ErrorInfo("DAPR_STATE_NOT_FOUND", {"appID": app_id}),
+    )
+
+
+def state_illegal_key(store: str, key: str) -> APIError:
+    message = f"input key/keyPrefix '{key}' can't contain '||'"
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.MALFORMED_REQUEST,
+        message,
+        ErrorInfo("DAPR_STATE_ILLEGAL_KEY"),
+        ResourceInfo("state", store),
+        BadRequest(key, message),
+    )
+
+
+def state_get_failed(store: str, key: str, problem: object) -> APIError:
+    return _error(
+        500, GrpcCode.INTERNAL, Code.STATE_GET, f"fail to get {key} from state store {store}: {problem}"
+    )
+
+
+def state_bulk_get_failed(store: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.STATE_BULK_GET,
+        f"failed getting state from state store {store}: {problem}",
+    )
+
+
+def _write_failed(code: Code, what: str, problem: str, etag: EtagProblem) -> APIError:
+    """A save or delete that failed; an etag conflict or unreadable etag is the caller's."""
+    if etag == "mismatch":
+        message = f"{what}: possible etag mismatch. error from state store: {problem}"
+        return _error(409, GrpcCode.ABORTED, code, message)
+    if etag == "invalid":
+        return _error(400, GrpcCode.INVALID_ARGUMENT, code, f"{what}: {problem}")
+    return _error(500, GrpcCode.INTERNAL, code, f"{what}: {problem}")
+
+
+def state_save_failed(store: str, problem: str, etag: EtagProblem = None) -> APIError:
+    return _write_failed(Code.STATE_SAVE, f"failed saving state in state store {store}", problem, etag)
+
+
+def state_delete_failed(key: str, problem: str, etag: EtagProblem = None) -> APIError:
+    return _write_failed(Code.STATE_DELETE, f"failed deleting state with key {key}", problem, etag)
+
+
+def state_transaction_failed(problem: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.STATE_TRANSACTION,
+        f"error while executing state transaction: {problem}",
+    )
+
+
+def state_operation_not_supported(kind: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.UNIMPLEMENTED,
+        Code.NOT_SUPPORTED_STATE_OPERATION,
+        f"operation type {kind} not supported",
+    )
+
+
+def state_transactions_not_supported(store: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.UNIMPLEMENTED,
+        Code.STATE_STORE_NOT_SUPPORTED,
+        f"state store {store} doesn't support transactions",
+        ErrorInfo("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED"),
+        HelpLink(
+            "Check the list of state stores and the features they support",
+            "https://docs.dapr.io/reference/components-reference/supported-state-stores/",
+        ),
+        ResourceInfo("state", store),
+    )
+
+
+def state_too_many_operations(count: int, limit: int) -> APIError:
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.STATE_STORE_TOO_MANY_TRANSACTIONS,
+        f"the transaction contains {count} operations, which is more than what the "
+        f"state store supports: {limit}",
+        ErrorInfo(
+            "DAPR_STATE_TOO_MANY_TRANSACTIONS",
+            {"currentOpsTransaction": str(count), "maxOpsPerTransaction": str(limit)},
+        ),
+    )
+
+
+def state_query_not_supported(store: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.STATE_STORE_NOT_SUPPORTED,
+        "state store does not support querying",
+        ErrorInfo("DAPR_STATE_QUERYING_NOT_SUPPORTED"),
+        ResourceInfo("state", store),
+    )
+
+
+def state_query_failed(store: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.STATE_QUERY,
+        f"state store {store} query failed: {problem}",
+        ErrorInfo("DAPR_STATE_QUERY_FAILED"),
+        ResourceInfo("state", store),
+    )
+
+
+# --- pub/sub ---------------------------------------------------------------------------------------
+# daprd's pub/sub errors carry a ResourceInfo whose description repeats the message (except the
+# not-found ones), then an ErrorInfo with the request's metadata or {topic, error} / {appID, error}.
+
+
+def _pubsub_error(
+    status: int,
+    grpc: GrpcCode,
+    code: Code,
+    reason: str,
+    message: str,
+    pubsub: str,
+    metadata: Mapping[str, str],
+) -> APIError:
+    resource = ResourceInfo("pubsub", pubsub, message)
+    return _error(status, grpc, code, message, resource, ErrorInfo(reason, dict(metadata)))
+
+
+def pubsub_name_empty(metadata: Mapping[str, str]) -> APIError:
+    return _pubsub_error(
+        404,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_EMPTY,
+        "DAPR_PUBSUB_NAME_EMPTY",
+        "pubsub name is empty",
+        "",
+        metadata,
+    )
+
+
+def pubsub_not_found(pubsub: str, metadata: Mapping[str, str]) -> APIError:
+    return _error(
+        404,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_NOT_FOUND,
+        f"pubsub {pubsub} is not found",
+        ErrorInfo("DAPR_PUBSUB_NOT_FOUND", dict(metadata)),
+    )
+
+
+def pubsub_topic_empty(pubsub: str, metadata: Mapping[str, str]) -> APIError:
+    return _pubsub_error(
+        404,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.TOPIC_NAME_EMPTY,
+        "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+        f"topic is empty in pubsub {pubsub}",
+        pubsub,
+        metadata,
+    )
+
+
+def pubsub_forbidden(pubsub: str, topic: str, app_id: str) -> APIError:
+    message = f"topic {topic} is not allowed for app id {app_id}"
+    return _pubsub_error(
+        403,
+        GrpcCode.PERMISSION_DENIED,
+        Code.PUBSUB_FORBIDDEN,
+        "DAPR_PUBSUB_FORBIDDEN",
+        message,
+        pubsub,
+        {"topic": topic, "error": message},
+    )
+
+
+def pubsub_publish_failed(pubsub: str, topic: str, problem: str) -> APIError:
+    return _pubsub_error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.PUBSUB_PUBLISH_MESSAGE,
+        "DAPR_PUBSUB_PUBLISH_MESSAGE",
+        f"error when publishing to topic {topic} in pubsub {pubsub}: {problem}",
+        pubsub,
+        {"topic": topic, "error": problem},
+    )
+
+
+def pubsub_bad_metadata(pubsub: str, metadata: Mapping[str, str], problem: str) -> APIError:
+    return _pubsub_error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_REQUEST_METADATA,
+        "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+        f"failed deserializing metadata. Error: {problem}",
+        pubsub,
+        metadata,
+    )
+
+
+def pubsub_cloud_event_creation(pubsub: str, app_id: str, problem: str) -> APIError:
+    return _pubsub_error(
+        500,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_CLOUD_EVENTS_SER,
+        "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+        "cannot create cloudevent",
+        pubsub,
+        {"appID": app_id, "error": problem},
+    )
+
+
+def pubsub_events_unreadable(pubsub: str, topic: str, app_id: str, problem: str) -> APIError:
+    """A bulk publish request whose entries cannot be read."""
+    return _pubsub_error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_EVENTS_SER,
+        "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+        f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: {problem}",
+        pubsub,
+        {"appID": app_id},
+    )
+
+
+def pubsub_envelope_failed(pubsub: str, topic: str, app_id: str, problem: str) -> APIError:
+    """A bulk entry whose event does not match its contentType."""
+    return _pubsub_error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_EVENTS_SER,
+        "DAPR_PUBSUB_MARSHAL_ENVELOPE",
+        f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {problem}",
+        pubsub,
+        {"appID": app_id, "error": problem},
+    )
+
+
+def pubsub_events_failed(pubsub: str, topic: str, app_id: str, problem: str) -> APIError:
+    """Bulk entries that cannot be told apart (entryId missing or repeated)."""
+    return _pubsub_error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.PUBSUB_EVENTS_SER,
+        "DAPR_PUBSUB_MARSHAL_EVENTS",
+        f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
+        pubsub,
+        {"appID": app_id, "error": problem},
+    )
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
+def secret_stores_not_configured() -> APIError:
+    return _error(
+        500,
+        GrpcCode.FAILED_PRECONDITION,
+        Code.SECRET_STORES_NOT_CONFIGURED,
+        "secret store is not configured",
+    )
+
+
+def secret_store_not_found(store: str) -> APIError:
+    return _error(
+        401,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.SECRET_STORE_NOT_FOUND,
+        f"failed finding secret store with key {store}",
+    )
+
+
+def secret_permission_denied(store: str, name: str) -> APIError:
+    return _error(
+        403,
+        GrpcCode.PERMISSION_DENIED,
+        Code.PERMISSION_DENIED,
+        f"access denied by policy to get {_go_quote(name)} from {_go_quote(store)}",
+    )
+
+
+def secret_get_failed(store: str, name: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.SECRET_GET,
+        f"failed getting secret with key {name} from secret store {store}: {problem}",
+    )
+
+
+def secret_bulk_get_failed(store: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.SECRET_GET,
+        f"failed getting secrets from secret store {store}: {problem}",
+    )
+
+
+def _go_quote(text: str) -> str:
+    # daprd formats these names with Go's %q.
+    return json.dumps(text, ensure_ascii=False)

@@ -10,13 +10,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOptions, message_ttl
 from components.pubsub.base import Subscription as BrokerSubscription
-from runtime import cloudevents
+from runtime import cloudevents, errors
+from runtime.block import BlockContext, LoadedComponent
 from runtime.deadlines import CLOSE_TIMEOUT
-from runtime.errors import APIError, error_info
 from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
 from runtime.tracing import Span, Tracer
 
@@ -76,44 +76,6 @@ class TopicScopes:
         return self._permits(topic, self.subscribing)
 
 
-# --- errors (reference sections 2.1, 2.3, 9) ---------------------------------------------------
-
-
-def _error(
-    status: int,
-    code: str,
-    reason: str,
-    message: str,
-    pubsub: str,
-    metadata: Mapping[str, str],
-    resource: bool = True,
-) -> APIError:
-    details: list[dict[str, Any]] = []
-    if resource:
-        details.append(
-            {
-                "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-                "description": message,
-                "owner": "",
-                "resource_name": pubsub,
-                "resource_type": "pubsub",
-            }
-        )
-    details.append(error_info(reason, dict(metadata)))
-    return APIError(status, code, message, details)
-
-
-def publish_failed(pubsub: str, topic: str, problem: str) -> APIError:
-    return _error(
-        500,
-        "ERR_PUBSUB_PUBLISH_MESSAGE",
-        "DAPR_PUBSUB_PUBLISH_MESSAGE",
-        f"error when publishing to topic {topic} in pubsub {pubsub}: {problem}",
-        pubsub,
-        {"topic": topic, "error": problem},
-    )
-
-
 # --- publishing --------------------------------------------------------------------------------
 
 
@@ -160,6 +122,8 @@ class _Running:
 
 
 class PubSubBlock:
+    kind: ClassVar[str] = "pubsub"
+
     def __init__(
         self,
         app_id: str,
@@ -179,6 +143,30 @@ class PubSubBlock:
         self._stopping = asyncio.Event()
         # Starting, reloading and stopping subscriptions take turns.
         self._changing = asyncio.Lock()
+        # Pubsubs installed or removed since subscriptions last (re)started: theirs restart.
+        self._swapped: set[str] = set()
+
+    @classmethod
+    def create(cls, context: BlockContext) -> PubSubBlock:
+        return cls(context.app_id, [], context.metrics, context.tracer)
+
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> BrokerEntry:
+        scopes = TopicScopes.from_metadata(component.metadata, self.app_id)
+        broker = cast(PubSub, component.instance)
+        return BrokerEntry(component.resource.name, broker, scopes, component.metadata)
+
+    def capabilities(self, entry: BrokerEntry) -> list[str]:
+        return sorted(str(f) for f in entry.broker.features)
+
+    def install(self, name: str, entry: BrokerEntry | None) -> None:
+        """Publishing uses ``entry`` at once; its subscriptions move to it in :meth:`reload`."""
+        if entry is None:
+            self._entries.pop(name, None)
+        else:
+            self._entries[name] = entry
+        self._swapped.add(name)
 
     @property
     def has_brokers(self) -> bool:
@@ -187,29 +175,12 @@ class PubSubBlock:
     def entry(self, name: str, topic: str, metadata: Mapping[str, str]) -> BrokerEntry:
         """The broker for a publish request, checked in daprd's order: name, broker, topic."""
         if not name:
-            raise _error(
-                404, "ERR_PUBSUB_EMPTY", "DAPR_PUBSUB_NAME_EMPTY", "pubsub name is empty", name, metadata
-            )
+            raise errors.pubsub_name_empty(metadata)
         entry = self._entries.get(name)
         if entry is None:
-            raise _error(
-                404,
-                "ERR_PUBSUB_NOT_FOUND",
-                "DAPR_PUBSUB_NOT_FOUND",
-                f"pubsub {name} is not found",
-                name,
-                metadata,
-                resource=False,
-            )
+            raise errors.pubsub_not_found(name, metadata)
         if not topic:
-            raise _error(
-                404,
-                "ERR_TOPIC_NAME_EMPTY",
-                "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
-                f"topic is empty in pubsub {name}",
-                name,
-                metadata,
-            )
+            raise errors.pubsub_topic_empty(name, metadata)
         return entry
 
     @staticmethod
@@ -220,7 +191,7 @@ class PubSubBlock:
             return parse_go_bool(value) if value else False
         except ValueError:
             problem = f"rawPayload value must be a valid boolean: actual is '{value}'"
-        raise _bad_metadata(entry.name, metadata, problem)
+        raise errors.pubsub_bad_metadata(entry.name, metadata, problem)
 
     @staticmethod
     def ttl(entry: BrokerEntry, metadata: Mapping[str, str]) -> float | None:
@@ -228,19 +199,11 @@ class PubSubBlock:
         try:
             return message_ttl(metadata)
         except ValueError as exc:
-            raise _bad_metadata(entry.name, metadata, str(exc)) from None
+            raise errors.pubsub_bad_metadata(entry.name, metadata, str(exc)) from None
 
     def _check_scope(self, entry: BrokerEntry, topic: str) -> None:
         if not entry.scopes.may_publish(topic):
-            message = f"topic {topic} is not allowed for app id {self.app_id}"
-            raise _error(
-                403,
-                "ERR_PUBSUB_FORBIDDEN",
-                "DAPR_PUBSUB_FORBIDDEN",
-                message,
-                entry.name,
-                {"topic": topic, "error": message},
-            )
+            raise errors.pubsub_forbidden(entry.name, topic, self.app_id)
 
     def _wrap(
         self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
@@ -257,14 +220,7 @@ class PubSubBlock:
                     tracestate=tracestate,
                 )
             except ValueError as exc:
-                raise _error(
-                    500,
-                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
-                    "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
-                    "cannot create cloudevent",
-                    entry.name,
-                    {"appID": self.app_id, "error": str(exc)},
-                ) from None
+                raise errors.pubsub_cloud_event_creation(entry.name, self.app_id, str(exc)) from None
         else:
             envelope = cloudevents.new_envelope(
                 app_id=self.app_id,
@@ -303,7 +259,7 @@ class PubSubBlock:
             await entry.broker.publish(topic, data, metadata)
         except Exception as exc:
             self._count_failure(entry)
-            raise publish_failed(entry.name, topic, str(exc) or type(exc).__name__) from None
+            raise errors.pubsub_publish_failed(entry.name, topic, str(exc) or type(exc).__name__) from None
         if self.metrics is not None:
             self.metrics.published(entry.name, topic)
 
@@ -373,6 +329,7 @@ class PubSubBlock:
 
         async with self._changing:
             self._channel = channel
+            self._swapped.clear()  # every subscription starts on the entries installed now
             try:
                 reply = await channel.subscriptions()
             except AppCallFailed as exc:
@@ -438,32 +395,23 @@ class PubSubBlock:
         """Whether the subscriptions have started (the app was asked for its own)."""
         return self._channel is not None
 
-    async def reload(
-        self,
-        brokers: Mapping[str, BrokerEntry | None],
-        declared: Sequence[Subscription],
-        drain_timeout: float,
-    ) -> None:
-        """Resource files changed: ``brokers`` are the pubsubs added or replaced (None: removed),
-        ``declared`` all the declarative subscriptions now.
+    async def reload(self, declared: Sequence[Subscription], drain_timeout: float) -> None:
+        """Resource files changed: ``declared`` are all the declarative subscriptions now, and
+        the pubsubs added, replaced or removed have been installed already.
 
-        Publishing uses the new brokers at once. A subscription restarts when its definition
-        changed or its broker was replaced; the others go on delivering undisturbed. Before the
-        subscriptions have started nothing restarts: they start from the new definitions.
+        A subscription restarts when its definition changed or its pubsub was swapped; the
+        others go on delivering undisturbed. Before the subscriptions have started nothing
+        restarts: they start from the new definitions.
         """
         async with self._changing:
+            swapped, self._swapped = self._swapped, set()
             before = {s.key: s for s in self.subscriptions()}
-            for name, entry in brokers.items():
-                if entry is None:
-                    self._entries.pop(name, None)
-                else:
-                    self._entries[name] = entry
             self._declared = list(declared)
             after = {s.key: s for s in self.subscriptions()}
             changed = [
                 key
                 for key in sorted(before.keys() | after.keys())
-                if before.get(key) != after.get(key) or key[0] in brokers
+                if before.get(key) != after.get(key) or key[0] in swapped
             ]
             if self._channel is None or self._stopping.is_set():
                 return
@@ -513,14 +461,3 @@ def _with_trace(metadata: dict[str, str], traceparent: str, tracestate: str) -> 
     if tracestate:
         added["tracestate"] = tracestate
     return {**metadata, **added}
-
-
-def _bad_metadata(pubsub: str, metadata: Mapping[str, str], problem: str) -> APIError:
-    return _error(
-        400,
-        "ERR_PUBSUB_REQUEST_METADATA",
-        "DAPR_PUBSUB_METADATA_DESERIALIZATION",
-        f"failed deserializing metadata. Error: {problem}",
-        pubsub,
-        metadata,
-    )

@@ -7,15 +7,15 @@ It talks to stores only through ``components.secretstores.base``; it never impor
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from components.secretstores.base import SecretNotFound, SecretStore
+from runtime import errors
+from runtime.block import BlockContext, LoadedComponent
 from runtime.configuration import SecretScope
-from runtime.errors import APIError
 from runtime.resources import ComponentResource, ResourceError, SecretKeyRef
 
 if TYPE_CHECKING:
@@ -24,12 +24,9 @@ if TYPE_CHECKING:
 SECRET_STORES = "secretstores"
 
 
-def _go_quote(text: str) -> str:
-    # daprd formats these names with Go's %q.
-    return json.dumps(text, ensure_ascii=False)
-
-
 class SecretsBlock:
+    kind: ClassVar[str] = SECRET_STORES
+
     def __init__(
         self,
         stores: Mapping[str, SecretStore],
@@ -40,12 +37,23 @@ class SecretsBlock:
         self._scopes = dict(scopes)
         self.metrics = metrics
 
-    def replace(self, name: str, store: SecretStore) -> None:
-        """Serve ``store`` as ``name`` from the next request on (hot reload)."""
-        self._stores[name] = store
+    @classmethod
+    def create(cls, context: BlockContext) -> SecretsBlock:
+        return cls({}, context.configuration.secret_scopes, context.metrics)
 
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> SecretStore:
+        return cast(SecretStore, component.instance)
+
+    def capabilities(self, entry: SecretStore) -> list[str]:
+        return sorted(str(f) for f in entry.features)
+
+    def install(self, name: str, entry: SecretStore | None) -> None:
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
 
     def _failed(self, store: str, operation: str, exc: Exception) -> None:
         """Count a failure of the store itself; a secret that does not exist is not one."""
@@ -57,8 +65,8 @@ class SecretsBlock:
         if store is not None:
             return store
         if not self._stores:
-            raise APIError(500, "ERR_SECRET_STORES_NOT_CONFIGURED", "secret store is not configured")
-        raise APIError(401, "ERR_SECRET_STORE_NOT_FOUND", f"failed finding secret store with key {name}")
+            raise errors.secret_stores_not_configured()
+        raise errors.secret_store_not_found(name)
 
     def allowed(self, store: str, name: str) -> bool:
         scope = self._scopes.get(store)
@@ -67,20 +75,12 @@ class SecretsBlock:
     async def get(self, store_name: str, name: str, metadata: Mapping[str, str]) -> dict[str, str]:
         store = self.store(store_name)
         if not self.allowed(store_name, name):
-            raise APIError(
-                403,
-                "ERR_PERMISSION_DENIED",
-                f"access denied by policy to get {_go_quote(name)} from {_go_quote(store_name)}",
-            )
+            raise errors.secret_permission_denied(store_name, name)
         try:
             return await store.get(name, metadata)
         except Exception as exc:
             self._failed(store_name, "get", exc)
-            raise APIError(
-                500,
-                "ERR_SECRET_GET",
-                f"failed getting secret with key {name} from secret store {store_name}: {exc}",
-            ) from exc
+            raise errors.secret_get_failed(store_name, name, exc) from exc
 
     async def bulk_get(self, store_name: str, metadata: Mapping[str, str]) -> dict[str, dict[str, str]]:
         store = self.store(store_name)
@@ -88,9 +88,7 @@ class SecretsBlock:
             secrets = await store.bulk_get(metadata)
         except Exception as exc:
             self._failed(store_name, "bulk_get", exc)
-            raise APIError(
-                500, "ERR_SECRET_GET", f"failed getting secrets from secret store {store_name}: {exc}"
-            ) from exc
+            raise errors.secret_bulk_get_failed(store_name, exc) from exc
         # Secrets the scope denies are left out without an error, as daprd does.
         return {name: secret for name, secret in secrets.items() if self.allowed(store_name, name)}
 

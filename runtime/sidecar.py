@@ -16,29 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from components import registry
-from components.base import Component, ComponentContext
-from components.metadata import MetadataError
-from components.pubsub.base import PubSub
-from components.secretstores.base import SecretStore
-from components.state.base import StateStore
 from runtime import __version__
 from runtime.app_health import AppHealthCollector, HealthCheck
+from runtime.block import BlockContext
+from runtime.blocks import Blocks
+from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
-from runtime.deadlines import STOP_SLACK, close_component, exit_after, within
+from runtime.deadlines import STOP_SLACK, exit_after
 from runtime.http.connections import ConnectionLimits, protocol_class
 from runtime.metrics import Metrics, MetricsServer
-from runtime.pubsub import BrokerEntry, PubSubBlock, TopicScopes
+from runtime.pubsub import PubSubBlock
 from runtime.resource_monitor import ResourceMonitor
-from runtime.resources import (
-    ComponentResource,
-    ResourceError,
-    load_components,
-    load_subscriptions,
-    validate_component,
-)
-from runtime.secrets import Redactor, SecretsBlock, init_order, resolve_references, secret_values
-from runtime.state import StateBlock, StoreEntry, key_prefix
+from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
+from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
@@ -47,9 +38,9 @@ if TYPE_CHECKING:
     from runtime.app_channel import AppChannel
     from runtime.hot_reload import ResourceWatcher
 
+__all__ = ["Sidecar", "SidecarOptions", "StartupError"]
+
 log = logging.getLogger("pillion")
-# A health probe must answer quickly even when a backend hangs.
-PING_TIMEOUT = 1.0
 
 
 @dataclass
@@ -82,14 +73,6 @@ class SidecarOptions:
         return self.data_dir or Path.home() / ".pillion" / self.app_id
 
 
-@dataclass
-class LoadedComponent:
-    resource: ComponentResource
-    instance: Component
-    metadata: dict[str, Any]
-    capabilities: list[str] = field(default_factory=list)
-
-
 def default_components(options: SidecarOptions) -> list[ComponentResource]:
     """With no resources path: a durable SQLite state store named ``statestore`` and a durable
     SQLite pubsub named ``pubsub``."""
@@ -112,22 +95,16 @@ def default_components(options: SidecarOptions) -> list[ComponentResource]:
     ]
 
 
-class StartupError(Exception):
-    """Start-up cannot go on; the message is the one line the user sees."""
-
-
 class Sidecar:
     def __init__(self, options: SidecarOptions) -> None:
         self.options = options
-        self.components: list[LoadedComponent] = []
-        self.state = StateBlock(options.app_id, [])
-        self.pubsub = PubSubBlock(options.app_id, [])
         self.declared_subscriptions: list[Subscription] = []
         # A problem found after serving began (the app's subscriptions): stop, then exit with it.
         self._fatal: str | None = None
         self.configuration = Configuration()
-        self.secrets = SecretsBlock({}, {})
+        self.blocks = Blocks(BlockContext(options.app_id, self.configuration))
         self.redactor = Redactor()
+        self.components = ComponentSet(options.app_id, options.resolved_data_dir, self.blocks, self.redactor)
         self.components_ready = False
         self.app_reachable = options.app_port is None
         self._background: set[asyncio.Task[None]] = set()
@@ -161,94 +138,30 @@ class Sidecar:
             validate_component(resource)
         return defaults
 
+    @property
+    def state(self) -> StateBlock:
+        return self.blocks.get(StateBlock)
+
+    @property
+    def pubsub(self) -> PubSubBlock:
+        return self.blocks.get(PubSubBlock)
+
+    @property
+    def secrets(self) -> SecretsBlock:
+        return self.blocks.get(SecretsBlock)
+
     async def start_components(self, resources: list[ComponentResource]) -> None:
-        data_dir = self.options.resolved_data_dir
-        stores: list[StoreEntry] = []
-        brokers: list[BrokerEntry] = []
-        secret_stores: dict[str, SecretStore] = {}
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
         # Whatever a library logs (a header dump at debug level), the tokens never show.
         self.redactor.add(t for t in (self.options.api_token, os.environ.get("APP_API_TOKEN")) if t)
+        context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer)
+        self.blocks = Blocks(context)
+        self.components.blocks = self.blocks
         # Secret stores start before the components whose secretKeyRefs read from them.
-        for unresolved in init_order(resources):
-            resource = await resolve_references(unresolved, secret_stores)
-            self.redactor.add(secret_values(resource))
-            loaded = await self.init_component(resource, data_dir)
-            if loaded is None:
-                continue
-            self.components.append(loaded)
-            entry = self.block_entry(loaded)
-            if isinstance(entry, StoreEntry):
-                stores.append(entry)
-            elif isinstance(entry, BrokerEntry):
-                brokers.append(entry)
-            else:
-                secret_stores[resource.name] = entry
-        self.state = StateBlock(self.options.app_id, stores, self.metrics)
-        self.pubsub = PubSubBlock(self.options.app_id, brokers, self.metrics, self.tracer)
+        await self.components.start(init_order(resources))
         self.pubsub.declare(self.declared_subscriptions)
-        self.secrets = SecretsBlock(secret_stores, self.configuration.secret_scopes, self.metrics)
         self.components_ready = True
-
-    def block_entry(self, loaded: LoadedComponent) -> StoreEntry | BrokerEntry | SecretStore:
-        """What the component's building block holds for it (capabilities are noted on the way).
-
-        ``StartupError`` when the component's runtime-level metadata cannot be used.
-        """
-        resource = loaded.resource
-        if resource.building_block == "state":
-            store: StateStore = self._encrypt_at_rest(loaded, loaded.instance)  # type: ignore[arg-type]
-            strategy = str(loaded.metadata["keyPrefix"])
-            try:
-                prefix = key_prefix(strategy, self.options.app_id, resource.name)
-            except ValueError as exc:
-                raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
-            loaded.capabilities = StateBlock.capabilities(store)
-            return StoreEntry(resource.name, store, prefix)
-        if resource.building_block == "pubsub":
-            broker: PubSub = loaded.instance  # type: ignore[assignment]
-            scopes = TopicScopes.from_metadata(loaded.metadata, self.options.app_id)
-            loaded.capabilities = sorted(str(f) for f in broker.features)
-            return BrokerEntry(resource.name, broker, scopes, loaded.metadata)
-        secret_store: SecretStore = loaded.instance  # type: ignore[assignment]
-        loaded.capabilities = sorted(str(f) for f in secret_store.features)
-        return secret_store
-
-    def _encrypt_at_rest(self, loaded: LoadedComponent, store: StateStore) -> StateStore:
-        """The store wrapped with state encryption when primaryEncryptionKey is set."""
-        metadata = loaded.metadata
-        if not metadata["primaryEncryptionKey"] and not metadata["secondaryEncryptionKey"]:
-            return store
-        from components.state.encryption import EncryptedStateStore, encryption_keys
-
-        resource = loaded.resource
-        try:
-            primary, secondary = encryption_keys(metadata, {r.field: r.name for r in resource.secret_refs})
-        except MetadataError as exc:
-            raise StartupError(str(ResourceError(resource.file, resource.name, str(exc)))) from None
-        log.info("state store %s encrypts values at rest (key %s)", resource.name, primary.name)
-        return EncryptedStateStore(store, primary, secondary)
-
-    async def init_component(self, resource: ComponentResource, data_dir: Path) -> LoadedComponent | None:
-        cls = registry.component_class(resource.type)
-        assert cls is not None, "validate_component checked the type"
-        metadata = validate_component(resource)
-        context = ComponentContext(resource.name, self.options.app_id, data_dir, resource.file.parent)
-        try:
-            instance: Component = cls(metadata, context)
-            await within(instance.init(), resource.init_timeout, f"init of component {resource.name}")
-        except Exception as exc:
-            problem = self.redactor.redact(str(exc) or type(exc).__name__)
-            if isinstance(exc, TimeoutError):
-                problem = f"init did not finish within {resource.init_timeout:g}s (spec.initTimeout)"
-            line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
-            if resource.ignore_errors:
-                log.warning("%s (ignored: ignoreErrors is true)", line)
-                return None
-            raise StartupError(line) from None
-        log.info("component %s (%s) is ready", resource.name, resource.type)
-        return LoadedComponent(resource, instance, metadata)
 
     async def stop_components(self) -> None:
         for task in self._background:
@@ -260,9 +173,15 @@ class Sidecar:
         if self.channel is not None:
             await self.channel.aclose()
             self.channel = None
-        for loaded in reversed(self.components):
-            await close_component(loaded.resource.name, loaded.instance)
-        self.components.clear()
+        await self.components.close()
+
+    async def subscriptions_reloaded(self, declared: list[Subscription]) -> None:
+        """After a hot reload: restart the subscriptions whose definition or pubsub changed."""
+        self.declared_subscriptions = declared
+        await self.pubsub.reload(declared, self.options.drain_timeout)
+        if self.app_reachable and not self.pubsub.started and self.options.app_port is not None:
+            # The first pubsub arrived after the app was found: its subscriptions start now.
+            await self.start_subscriptions()
 
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -328,16 +247,7 @@ class Sidecar:
 
     async def unreachable_components(self) -> list[str]:
         """Names of components whose backend does not answer a ping right now."""
-
-        async def check(loaded: LoadedComponent) -> str | None:
-            try:
-                await asyncio.wait_for(loaded.instance.ping(), PING_TIMEOUT)
-            except Exception:
-                return loaded.resource.name
-            return None
-
-        results = await asyncio.gather(*(check(c) for c in self.components))
-        return [name for name in results if name is not None]
+        return await self.components.unreachable()
 
     def not_ready(self) -> list[str]:
         waiting = []
@@ -372,7 +282,7 @@ class Sidecar:
                 "version": c.resource.version or "v1",
                 **({"capabilities": c.capabilities} if c.capabilities else {}),
             }
-            for c in self.components
+            for c in self.components.components
         ]
         if components:
             body["components"] = components
@@ -430,7 +340,13 @@ class Sidecar:
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
-                self._watcher = ResourceWatcher(self)
+                self._watcher = ResourceWatcher(
+                    self.options.resources_paths,
+                    self.options.app_id,
+                    self.components,
+                    self.declared_subscriptions,
+                    self.subscriptions_reloaded,
+                )
                 self._watcher.start()
             if self.options.app_port is not None and self.options.app_health is not None:
                 self._start_app_health()

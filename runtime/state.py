@@ -7,12 +7,14 @@ concrete store.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
+from components.metadata import MetadataError
 from components.state.base import (
     DeleteOp,
     ETagInvalid,
@@ -26,10 +28,13 @@ from components.state.base import (
     TransactionalStateStore,
 )
 from components.state.query import QueryPage, parse_query
-from runtime.errors import APIError, bad_request, error_info, help_link, resource_info
+from runtime import errors
+from runtime.block import BlockContext, ComponentProblem, LoadedComponent
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+
+log = logging.getLogger("pillion")
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # About 317 years: beyond any real use, and an expiry date every store can still compute and keep.
@@ -110,70 +115,72 @@ def _check_options(concurrency: str, consistency: str) -> None:
 
 def check_key(store: str, key: str) -> None:
     if "||" in key:
-        message = f"input key/keyPrefix '{key}' can't contain '||'"
-        raise APIError(
-            400,
-            "ERR_MALFORMED_REQUEST",
-            message,
-            [
-                error_info("DAPR_STATE_ILLEGAL_KEY"),
-                resource_info("state", store),
-                bad_request(key, message),
-            ],
-        )
+        raise errors.state_illegal_key(store, key)
 
 
 class StateBlock:
+    kind: ClassVar[str] = "state"
+
     def __init__(self, app_id: str, stores: Sequence[StoreEntry], metrics: Metrics | None = None) -> None:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
+
+    @classmethod
+    def create(cls, context: BlockContext) -> StateBlock:
+        return cls(context.app_id, [], context.metrics)
+
+    # --- the component life cycle (runtime/component_set.py) -----------------------------------
+
+    def build(self, component: LoadedComponent) -> StoreEntry:
+        name = component.resource.name
+        store = _encrypt_at_rest(component, cast(StateStore, component.instance))
+        try:
+            prefix = key_prefix(str(component.metadata["keyPrefix"]), self.app_id, name)
+        except ValueError as exc:
+            raise ComponentProblem(str(exc)) from None
+        return StoreEntry(name, store, prefix)
+
+    def capabilities(self, entry: StoreEntry) -> list[str]:
+        features = {str(f) for f in entry.store.features}
+        if {"ETAG", "TRANSACTIONAL"} <= features:
+            features.add("ACTOR")
+        return sorted(features)
+
+    def install(self, name: str, entry: StoreEntry | None) -> None:
+        if entry is None:
+            self._stores.pop(name, None)
+        else:
+            self._stores[name] = entry
 
     def _failed(self, store: str, operation: str) -> None:
         """Count a failure of the store itself (not of the caller's input or an etag check)."""
         if self.metrics is not None:
             self.metrics.component_error(store, operation)
 
-    def replace(self, entry: StoreEntry) -> None:
-        """Serve ``entry`` under its name from the next request on (hot reload)."""
-        self._stores[entry.name] = entry
-
-    def remove(self, name: str) -> None:
-        self._stores.pop(name, None)
-
     def entry(self, name: str) -> StoreEntry:
+        """The store a request works on from start to end (a hot reload may swap the name's
+        entry meanwhile); 500 when no store is configured, else 400 when ``name`` is unknown."""
         entry = self._stores.get(name)
         if entry is not None:
             return entry
         if not self._stores:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_CONFIGURED",
-                f"state store {name} is not configured",
-                [error_info("DAPR_STATE_NOT_CONFIGURED", {"appID": self.app_id})],
-            )
-        raise APIError(
-            400,
-            "ERR_STATE_STORE_NOT_FOUND",
-            f"state store {name} is not found",
-            [error_info("DAPR_STATE_NOT_FOUND", {"appID": self.app_id})],
-        )
+            raise errors.state_store_not_configured(name, self.app_id)
+        raise errors.state_store_not_found(name, self.app_id)
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def get(self, store: str, key: str) -> StoredItem | None:
-        entry = self.entry(store)
+    async def get(self, entry: StoreEntry, key: str) -> StoredItem | None:
+        store = entry.name
         check_key(store, key)
         try:
             return await entry.store.get(entry.prefix + key)
         except Exception as exc:
             self._failed(store, "get")
-            raise APIError(
-                500, "ERR_STATE_GET", f"fail to get {key} from state store {store}: {exc}"
-            ) from exc
+            raise errors.state_get_failed(store, key, exc) from exc
 
-    async def bulk_get(self, store: str, keys: Sequence[str]) -> list[StoredItem | None]:
-        entry = self.entry(store)
+    async def bulk_get(self, entry: StoreEntry, keys: Sequence[str]) -> list[StoredItem | None]:
+        store = entry.name
         for key in keys:
             check_key(store, key)
         if not keys:
@@ -182,9 +189,7 @@ class StateBlock:
             return await entry.store.bulk_get([entry.prefix + key for key in keys])
         except Exception as exc:
             self._failed(store, "bulk_get")
-            raise APIError(
-                500, "ERR_STATE_BULK_GET", f"failed getting state from state store {store}: {exc}"
-            ) from exc
+            raise errors.state_bulk_get_failed(store, exc) from exc
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -201,94 +206,59 @@ class StateBlock:
         _check_options(item.concurrency, item.consistency)
         return DeleteOp(prefix + item.key, item.etag or None)
 
-    async def save(self, store: str, items: Sequence[SaveItem]) -> None:
-        entry = self.entry(store)
+    async def save(self, entry: StoreEntry, items: Sequence[SaveItem]) -> None:
+        store = entry.name
         for item in items:
             check_key(store, item.key)
         # Every item is checked before anything is written, so bad input never half-applies.
         try:
             ops = [self._set_op(entry.prefix, item) for item in items]
         except OptionError as exc:
-            raise APIError(
-                500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {exc}"
-            ) from None
+            raise errors.state_save_failed(store, str(exc)) from None
         if len(ops) == 1:
             results: list[BaseException | None] = [await _capture(entry.store.set(ops[0]))]
         else:
             results = await asyncio.gather(*(entry.store.set(op) for op in ops), return_exceptions=True)
-        errors = [r for r in results if r is not None]
-        if not errors:
+        failures = [r for r in results if r is not None]
+        if not failures:
             return
-        detail = "; ".join(str(e) for e in errors)
-        if any(isinstance(e, ETagMismatch) for e in errors):
-            raise APIError(
-                409,
-                "ERR_STATE_SAVE",
-                f"failed saving state in state store {store}: possible etag mismatch. "
-                f"error from state store: {detail}",
-            )
-        if any(isinstance(e, ETagInvalid) for e in errors):
-            raise APIError(400, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+        detail = "; ".join(str(e) for e in failures)
+        if any(isinstance(e, ETagMismatch) for e in failures):
+            raise errors.state_save_failed(store, detail, "mismatch")
+        if any(isinstance(e, ETagInvalid) for e in failures):
+            raise errors.state_save_failed(store, detail, "invalid")
         self._failed(store, "set")
-        raise APIError(500, "ERR_STATE_SAVE", f"failed saving state in state store {store}: {detail}")
+        raise errors.state_save_failed(store, detail)
 
-    async def delete(self, store: str, item: DeleteItem) -> None:
-        entry = self.entry(store)
+    async def delete(self, entry: StoreEntry, item: DeleteItem) -> None:
+        store = entry.name
         check_key(store, item.key)
-        prefix = f"failed deleting state with key {item.key}"
         try:
             op = self._delete_op(entry.prefix, item)
             await entry.store.delete(op)
         except ETagMismatch as exc:
-            raise APIError(
-                409,
-                "ERR_STATE_DELETE",
-                f"{prefix}: possible etag mismatch. error from state store: {exc}",
-            ) from None
+            raise errors.state_delete_failed(item.key, str(exc), "mismatch") from None
         except ETagInvalid as exc:
-            raise APIError(400, "ERR_STATE_DELETE", f"{prefix}: {exc}") from None
+            raise errors.state_delete_failed(item.key, str(exc), "invalid") from None
         except Exception as exc:
             if not isinstance(exc, OptionError):
                 self._failed(store, "delete")
-            raise APIError(500, "ERR_STATE_DELETE", f"{prefix}: {exc}") from exc
+            raise errors.state_delete_failed(item.key, str(exc)) from exc
 
-    def transactional(self, store: str) -> TransactionalStateStore:
-        entry = self.entry(store)
+    @staticmethod
+    def transactional(entry: StoreEntry) -> TransactionalStateStore:
         if StateFeature.TRANSACTIONAL not in entry.store.features:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {store} doesn't support transactions",
-                [
-                    error_info("DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED"),
-                    help_link(
-                        "Check the list of state stores and the features they support",
-                        "https://docs.dapr.io/reference/components-reference/supported-state-stores/",
-                    ),
-                    resource_info("state", store),
-                ],
-            )
+            raise errors.state_transactions_not_supported(entry.name)
         return cast(TransactionalStateStore, entry.store)
 
-    async def transact(self, store: str, ops: Sequence[SaveItem | DeleteItem]) -> None:
-        target = self.transactional(store)
-        prefix = self.entry(store).prefix
+    async def transact(self, entry: StoreEntry, ops: Sequence[SaveItem | DeleteItem]) -> None:
+        store, prefix = entry.name, entry.prefix
+        target = self.transactional(entry)
         for item in ops:
             check_key(store, item.key)
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
-            raise APIError(
-                400,
-                "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS",
-                f"the transaction contains {len(ops)} operations, which is more than what the "
-                f"state store supports: {limit}",
-                [
-                    error_info(
-                        "DAPR_STATE_TOO_MANY_TRANSACTIONS",
-                        {"currentOpsTransaction": str(len(ops)), "maxOpsPerTransaction": str(limit)},
-                    )
-                ],
-            )
+            raise errors.state_too_many_operations(len(ops), limit)
         try:
             store_ops: list[Operation] = [
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
@@ -297,50 +267,43 @@ class StateBlock:
             await target.transact(store_ops)
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key
-            raise APIError(
-                500,
-                "ERR_STATE_TRANSACTION",
-                f"error while executing state transaction: {exc} (key {key!r})",
-            ) from None
+            raise errors.state_transaction_failed(f"{exc} (key {key!r})") from None
         except Exception as exc:
             if not isinstance(exc, OptionError):
                 self._failed(store, "transact")
-            raise APIError(
-                500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {exc}"
-            ) from exc
+            raise errors.state_transaction_failed(str(exc)) from exc
 
     # --- query ---------------------------------------------------------------------------------
 
-    async def query(self, store: str, body: bytes) -> QueryPage:
-        entry = self.entry(store)
+    async def query(self, entry: StoreEntry, body: bytes) -> QueryPage:
+        store = entry.name
         if StateFeature.QUERY_API not in entry.store.features:
-            raise APIError(
-                500,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                "state store does not support querying",
-                [error_info("DAPR_STATE_QUERYING_NOT_SUPPORTED"), resource_info("state", store)],
-            )
+            raise errors.state_query_not_supported(store)
         try:
             query = parse_query(body)
             page = await cast(QueryableStateStore, entry.store).query(entry.prefix, query)
         except Exception as exc:  # QueryError or a store failure: both are ERR_STATE_QUERY
-            raise APIError(
-                500,
-                "ERR_STATE_QUERY",
-                f"state store {store} query failed: {exc}",
-                [error_info("DAPR_STATE_QUERY_FAILED"), resource_info("state", store)],
-            ) from None
+            raise errors.state_query_failed(store, exc) from None
         cut = len(entry.prefix)
         for result in page.results:
             result.key = result.key[cut:]
         return page
 
-    @staticmethod
-    def capabilities(store: StateStore) -> list[str]:
-        features = {str(f) for f in store.features}
-        if {"ETAG", "TRANSACTIONAL"} <= features:
-            features.add("ACTOR")
-        return sorted(features)
+
+def _encrypt_at_rest(component: LoadedComponent, store: StateStore) -> StateStore:
+    """The store wrapped with state encryption when primaryEncryptionKey is set."""
+    metadata = component.metadata
+    if not metadata["primaryEncryptionKey"] and not metadata["secondaryEncryptionKey"]:
+        return store
+    from components.state.encryption import EncryptedStateStore, encryption_keys
+
+    resource = component.resource
+    try:
+        primary, secondary = encryption_keys(metadata, {r.field: r.name for r in resource.secret_refs})
+    except MetadataError as exc:
+        raise ComponentProblem(str(exc)) from None
+    log.info("state store %s encrypts values at rest (key %s)", resource.name, primary.name)
+    return EncryptedStateStore(store, primary, secondary)
 
 
 async def _capture(awaitable: object) -> BaseException | None:

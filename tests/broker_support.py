@@ -20,9 +20,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from components.base import ComponentContext
+from components.metadata import MetadataSchema
 from components.pubsub.base import Message
 
 RUN_MARKER = f"pillion-test-{uuid.uuid4().hex[:8]}"
@@ -199,3 +201,51 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]], within: fl
 
 def context(tmp_path: Path, app_id: str = "app", name: str = "pubsub") -> ComponentContext:
     return ComponentContext(name, app_id, tmp_path / "data", tmp_path)
+
+
+class _BrokerComponent(Protocol):
+    schema: ClassVar[MetadataSchema]
+
+    def __init__(self, metadata: Any, context: ComponentContext) -> None: ...
+    async def init(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+B = TypeVar("B", bound=_BrokerComponent)
+
+
+class Brokers(Generic[B]):
+    """Builds instances of one broker component, each a simulated sidecar, that share one topic
+    prefix (and the connection settings given), and closes every one that was opened."""
+
+    def __init__(
+        self,
+        component: type[B],
+        settings: dict[str, str],
+        tmp_path: Path,
+        *,
+        separator: str = ".",
+        place: str = "",
+    ) -> None:
+        self.component = component
+        self.tmp_path = tmp_path
+        self.prefix = topic_prefix(separator)
+        self.settings = {"topicPrefix": self.prefix, **settings}
+        self.place = place
+        self.opened: list[B] = []
+
+    def build(self, app_id: str = "app", *, place: str | None = None, **metadata: str) -> B:
+        """An instance not yet started; ``place`` names its own data folder (its sidecar's)."""
+        folder = self.tmp_path / (self.place if place is None else place)
+        raw = {**self.settings, **metadata}
+        return self.component(self.component.schema.parse(raw), context(folder, app_id))
+
+    async def open(self, app_id: str = "app", *, place: str | None = None, **metadata: str) -> B:
+        pubsub = self.build(app_id, place=place, **metadata)
+        await pubsub.init()
+        self.opened.append(pubsub)
+        return pubsub
+
+    async def close(self) -> None:
+        for pubsub in self.opened:
+            await pubsub.close()

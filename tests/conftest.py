@@ -25,6 +25,35 @@ HOW_TO_GET_REDIS = (
 )
 
 
+# What makes a test need more than the sidecar process: a fixture that reaches Redis, PostgreSQL or a
+# broker (the shared ones below, and the private servers some modules start and stop), or a
+# parameter naming a backend that lives in such a server. Those tests are marked
+# `services`; `./scripts/test --fast` runs the rest (see README, "Tests").
+SERVICE_FIXTURES = frozenset(
+    {
+        *("redis_url", "postgres_url", "nats_url", "rabbitmq_url", "mqtt_url"),
+        *("doomed_redis", "private_redis", "tls_redis", "topology"),
+    }
+)
+SERVICE_BACKENDS = frozenset({"redis", "postgresql", "jetstream", "rabbitmq", "mqtt3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backends = {
+            part for value in (callspec.params.values() if callspec else ()) for part in str(value).split("+")
+        }
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or SERVICE_BACKENDS & backends:
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Tests marked ``anyio`` run on asyncio, as the sidecar does."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Sidecars started by tests register for `pillion status` here, not in the user's run dir."""

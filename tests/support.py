@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +19,32 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Each pytest-xdist worker hands out ports from its own block below the kernel's ephemeral range
+# (32768 and up), so two workers of one run can never both be given a port in the moment between
+# the check here and the sidecar's bind. A run without workers uses block 0.
+_PORT_BLOCK = 1000
+_PORT_BASE = 20000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+_port_range = range(
+    _PORT_BASE + int(_worker or 0) * _PORT_BLOCK, _PORT_BASE + (int(_worker or 0) + 1) * _PORT_BLOCK
+)
+# Starting at a random place in the block keeps separate pytest runs on one machine (each with its
+# own gw0) from walking the same ports in step.
+_start = random.randrange(len(_port_range))
+_next_port: Iterator[int] = itertools.cycle([*_port_range[_start:], *_port_range[:_start]])
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that nothing listens on, from this worker's own block."""
+    for _ in _port_range:
+        port = next(_next_port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_port_range.start}-{_port_range.stop - 1}")
 
 
 @dataclass

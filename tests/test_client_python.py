@@ -479,11 +479,6 @@ def test_subscriptions_check_the_app_token_and_refuse_duplicates() -> None:
 # --- the asyncio client --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_async_client(sidecar: SidecarProcess) -> None:
     async with AsyncDaprClient(sidecar.url) as client:

@@ -456,6 +456,8 @@ def manifest_redis(workdir: Path) -> Iterator[str]:
         proc.wait(10)
 
 
+# Starts a private redis-server with the manifest's own arguments (manifest_redis).
+@pytest.mark.services
 def test_the_kubernetes_pod_starts_and_serves_as_its_manifests_say(tmp_path: Path) -> None:
     pod = the_pod()
     container = pod.sidecar

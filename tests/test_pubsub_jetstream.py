@@ -17,14 +17,9 @@ from nats.js import JetStreamContext
 from components.metadata import MetadataError
 from components.pubsub.base import Message, SubscribeOptions
 from components.pubsub.jetstream import JetStreamPubSub
-from tests.broker_support import Inbox, context, topic_prefix, wait_until
+from tests.broker_support import Brokers, Inbox, context, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -34,32 +29,18 @@ async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
     await client.close()
 
 
-class Broker:
-    """Builds JetStreamPubSub instances (one per simulated sidecar) sharing one topic prefix."""
+Broker = Brokers[JetStreamPubSub]
 
-    def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url = url
-        self.tmp_path = tmp_path
-        self.prefix = topic_prefix(".")
-        self.opened: list[JetStreamPubSub] = []
 
-    def build(self, app_id: str = "app", **metadata: str) -> JetStreamPubSub:
-        raw = {"natsURL": self.url, "topicPrefix": self.prefix, "ackWait": "1s", **metadata}
-        return JetStreamPubSub(JetStreamPubSub.schema.parse(raw), context(self.tmp_path, app_id))
-
-    async def open(self, app_id: str = "app", **metadata: str) -> JetStreamPubSub:
-        pubsub = self.build(app_id, **metadata)
-        await pubsub.init()
-        self.opened.append(pubsub)
-        return pubsub
+def brokers(nats_url: str, tmp_path: Path) -> Broker:
+    return Broker(JetStreamPubSub, {"natsURL": nats_url, "ackWait": "1s"}, tmp_path)
 
 
 @pytest.fixture
 async def broker(nats_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(nats_url, tmp_path)
+    b = brokers(nats_url, tmp_path)
     yield b
-    for pubsub in b.opened:
-        await pubsub.close()
+    await b.close()
 
 
 async def all_acknowledged(js: JetStreamContext, pubsub: JetStreamPubSub, topic: str) -> bool:
@@ -235,12 +216,12 @@ def test_settings_that_would_break_delivery_are_refused(
     nats_url: str, tmp_path: Path, metadata: dict[str, str], field: str
 ) -> None:
     with pytest.raises(MetadataError) as caught:
-        Broker(nats_url, tmp_path).build(**metadata)
+        brokers(nats_url, tmp_path).build(**metadata)
     assert caught.value.field == field
 
 
 def test_group_and_dapr_names(nats_url: str, tmp_path: Path) -> None:
-    broker = Broker(nats_url, tmp_path)
+    broker = brokers(nats_url, tmp_path)
     assert broker.build("orders").group == "orders"
     assert broker.build("orders", consumerID="{appID}-v2").group == "orders-v2"
     assert broker.build("orders", queueGroupName="q", consumerID="c").group == "q"

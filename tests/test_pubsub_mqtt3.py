@@ -16,42 +16,23 @@ import pytest
 from components.metadata import MetadataError
 from components.pubsub.base import Message, SubscribeOptions
 from components.pubsub.mqtt3 import MQTTPubSub, session_client_ids
-from tests.broker_support import Inbox, context, topic_prefix
+from tests.broker_support import Brokers, Inbox, context
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+Broker = Brokers[MQTTPubSub]
 
 
-class Broker:
-    """Builds MQTTPubSub instances, each a simulated sidecar with a data folder of its own."""
-
-    def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url = url
-        self.tmp_path = tmp_path
-        self.prefix = topic_prefix("/")
-        self.opened: list[MQTTPubSub] = []
-
-    def build(self, place: str = "a", app_id: str = "app", **metadata: str) -> MQTTPubSub:
-        raw = {"url": self.url, "topicPrefix": self.prefix, **metadata}
-        return MQTTPubSub(MQTTPubSub.schema.parse(raw), context(self.tmp_path / place, app_id))
-
-    async def open(self, place: str = "a", app_id: str = "app", **metadata: str) -> MQTTPubSub:
-        pubsub = self.build(place, app_id, **metadata)
-        await pubsub.init()
-        self.opened.append(pubsub)
-        return pubsub
+def brokers(mqtt_url: str, tmp_path: Path) -> Broker:
+    return Broker(MQTTPubSub, {"url": mqtt_url}, tmp_path, separator="/", place="a")
 
 
 @pytest.fixture
 async def broker(mqtt_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(mqtt_url, tmp_path)
+    b = brokers(mqtt_url, tmp_path)
     yield b
-    for pubsub in b.opened:
-        await pubsub.close()
+    await b.close()
 
 
 async def test_round_trip_keeps_the_payload_and_strips_the_prefix(broker: Broker) -> None:
@@ -65,14 +46,14 @@ async def test_round_trip_keeps_the_payload_and_strips_the_prefix(broker: Broker
 
 
 async def test_messages_published_while_the_sidecar_is_down_wait_for_it(broker: Broker) -> None:
-    subscriber = await broker.open("sub")
+    subscriber = await broker.open(place="sub")
     subscription = await subscriber.subscribe("queued", Inbox(), SubscribeOptions())
     await subscription.close()  # the session stays with the broker
-    publisher = await broker.open("pub", app_id="publisher")
+    publisher = await broker.open("publisher", place="pub")
     for n in range(5):
         await publisher.publish("queued", str(n).encode(), {})
     await subscriber.close()
-    restarted = await broker.open("sub")  # the same place: the same slot and client id
+    restarted = await broker.open(place="sub")  # the same place: the same slot and client id
     inbox = Inbox()
     await restarted.subscribe("queued", inbox, SubscribeOptions(concurrency=1))
     await inbox.wait_for(5)
@@ -101,14 +82,14 @@ async def test_an_unacknowledged_message_comes_back_with_the_session(broker: Bro
         stuck.set()
         await asyncio.Event().wait()
 
-    first = await broker.open("worker")
+    first = await broker.open(place="worker")
     subscription = await first.subscribe("interrupted", Inbox(hang), SubscribeOptions())
     await first.publish("interrupted", b"unfinished", {})
     await asyncio.wait_for(stuck.wait(), 5)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(subscription.close(), 0.2)
     await first.close()
-    again = await broker.open("worker")
+    again = await broker.open(place="worker")
     inbox = Inbox()
     await again.subscribe("interrupted", inbox, SubscribeOptions())
     await inbox.wait_for(1)
@@ -116,25 +97,25 @@ async def test_an_unacknowledged_message_comes_back_with_the_session(broker: Bro
 
 
 async def test_sidecars_sharing_a_data_folder_take_different_slots(broker: Broker) -> None:
-    first, second = await broker.open("shared"), await broker.open("shared")
+    first, second = await broker.open(place="shared"), await broker.open(place="shared")
     assert first.instance != second.instance
     await first.subscribe("t", Inbox(), SubscribeOptions())
     await second.subscribe("t", Inbox(), SubscribeOptions())
     ids = session_client_ids(broker.tmp_path / "shared" / "data")
     assert len(ids) == 2 and all(i.startswith("app-") for i in ids)
     await first.close()
-    third = await broker.open("shared")
+    third = await broker.open(place="shared")
     assert third.instance == first.instance  # the freed slot is taken again
 
 
 async def test_limit_a_stopped_sidecar_keeps_its_share_of_new_messages(broker: Broker) -> None:
     """Documented limit: Mosquitto deals shared-subscription messages to every member's session,
     running or not. What it dealt to a stopped sidecar waits until that sidecar comes back."""
-    running, stopped = await broker.open("running"), await broker.open("stopped")
+    running, stopped = await broker.open(place="running"), await broker.open(place="stopped")
     live = Inbox()
     await running.subscribe("dealt", live, SubscribeOptions())
     await (await stopped.subscribe("dealt", Inbox(), SubscribeOptions())).close()
-    publisher = await broker.open("pub", app_id="publisher")
+    publisher = await broker.open("publisher", place="pub")
     for n in range(10):
         await publisher.publish("dealt", str(n).encode(), {})
     await live.wait_for(1)
@@ -142,7 +123,7 @@ async def test_limit_a_stopped_sidecar_keeps_its_share_of_new_messages(broker: B
     assert 0 < len(live.messages) < 10
     await stopped.close()
     back = Inbox()
-    await (await broker.open("stopped")).subscribe("dealt", back, SubscribeOptions())
+    await (await broker.open(place="stopped")).subscribe("dealt", back, SubscribeOptions())
     await back.wait_for(10 - len(live.messages))
     assert sorted(live.payloads + back.payloads) == sorted(str(n).encode() for n in range(10))
 
@@ -160,12 +141,12 @@ def test_bad_settings_are_refused(
     mqtt_url: str, tmp_path: Path, metadata: dict[str, str], field: str
 ) -> None:
     with pytest.raises(MetadataError) as caught:
-        Broker(mqtt_url, tmp_path).build(**metadata)
+        brokers(mqtt_url, tmp_path).build(**metadata)
     assert caught.value.field == field
 
 
 def test_url_parts_and_groups(mqtt_url: str, tmp_path: Path) -> None:
-    broker = Broker(mqtt_url, tmp_path)
+    broker = brokers(mqtt_url, tmp_path)
     pubsub = broker.build(url="ssl://us%40r:p%2Fw@mqtt.internal", consumerID="{appID}/v2")
     assert (pubsub.host, pubsub.port, pubsub.tls) == ("mqtt.internal", 8883, True)
     assert (pubsub.username, pubsub.password) == ("us@r", "p/w")

@@ -17,14 +17,9 @@ from aio_pika.abc import AbstractChannel
 from components.metadata import MetadataError
 from components.pubsub.base import Message, SubscribeOptions
 from components.pubsub.rabbitmq import RabbitMQPubSub
-from tests.broker_support import Inbox, context, topic_prefix, wait_until
+from tests.broker_support import Brokers, Inbox, context, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -34,32 +29,18 @@ async def channel(rabbitmq_url: str) -> AsyncIterator[AbstractChannel]:
     await connection.close()
 
 
-class Broker:
-    """Builds RabbitMQPubSub instances (one per simulated sidecar) sharing one topic prefix."""
+Broker = Brokers[RabbitMQPubSub]
 
-    def __init__(self, url: str, tmp_path: Path) -> None:
-        self.url = url
-        self.tmp_path = tmp_path
-        self.prefix = topic_prefix(".")
-        self.opened: list[RabbitMQPubSub] = []
 
-    def build(self, app_id: str = "app", **metadata: str) -> RabbitMQPubSub:
-        raw = {"connectionString": self.url, "topicPrefix": self.prefix, **metadata}
-        return RabbitMQPubSub(RabbitMQPubSub.schema.parse(raw), context(self.tmp_path, app_id))
-
-    async def open(self, app_id: str = "app", **metadata: str) -> RabbitMQPubSub:
-        pubsub = self.build(app_id, **metadata)
-        await pubsub.init()
-        self.opened.append(pubsub)
-        return pubsub
+def brokers(rabbitmq_url: str, tmp_path: Path) -> Broker:
+    return Broker(RabbitMQPubSub, {"connectionString": rabbitmq_url}, tmp_path)
 
 
 @pytest.fixture
 async def broker(rabbitmq_url: str, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(rabbitmq_url, tmp_path)
+    b = brokers(rabbitmq_url, tmp_path)
     yield b
-    for pubsub in b.opened:
-        await pubsub.close()
+    await b.close()
 
 
 async def ready(channel: AbstractChannel, queue: str) -> int:
@@ -193,7 +174,7 @@ def test_settings_that_would_break_delivery_are_refused(
     rabbitmq_url: str, tmp_path: Path, metadata: dict[str, str], field: str
 ) -> None:
     with pytest.raises(MetadataError) as caught:
-        Broker(rabbitmq_url, tmp_path).build(**metadata)
+        brokers(rabbitmq_url, tmp_path).build(**metadata)
     assert caught.value.field == field
 
 

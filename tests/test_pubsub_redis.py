@@ -38,11 +38,6 @@ FAST = {"processingTimeout": "300ms", "redeliverInterval": "100ms", "readTimeout
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client

@@ -34,6 +34,9 @@ def wait_for_all(app: SubscriberApp, expected: set[int], timeout: float = 60) ->
         time.sleep(0.05)
 
 
+# Four sidecars, a SIGKILL and a few thousand messages: on a busy 2-core machine this takes more than
+# the suite's default two minutes.
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("setup", sorted(SETUPS))
 def test_three_workers_and_an_auditor_share_one_backend(
     request: pytest.FixtureRequest, tmp_path: Path, setup: str

@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import APIError, direct_invoke_missing_app_id
+from runtime.errors import APIError, direct_invoke_failed, direct_invoke_missing_app_id, internal
 from runtime.http import pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
@@ -89,13 +89,7 @@ async def fallback(request: Request) -> Response:
     target = request.headers.get("dapr-app-id")
     if not target:
         return error_response(direct_invoke_missing_app_id())
-    return error_response(
-        APIError(
-            500,
-            "ERR_DIRECT_INVOKE",
-            f"failed to invoke, id: {target}, err: service invocation is not available in Pillion",
-        )
-    )
+    return error_response(direct_invoke_failed(target, "service invocation is not available in Pillion"))
 
 
 async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,7 +132,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(APIError(500, "ERR_INTERNAL", "internal error; see the sidecar log"))
+    return error_response(internal())
 
 
 def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.0") -> BaseRoute:

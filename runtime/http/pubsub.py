@@ -10,11 +10,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime import cloudevents
-from runtime.errors import APIError, error_info
+from runtime import cloudevents, errors
 from runtime.http.trace_context import request_span
 from runtime.http.wire import JSON, field, no_content, path_param, query_metadata, read_body
-from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock, publish_failed
+from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock
 
 _MISMATCH = "error: mismatch between contentType and event"
 
@@ -49,20 +48,6 @@ def _with_baggage(request: Request, metadata: dict[str, str]) -> dict[str, str]:
     return {**metadata, "baggage": baggage}
 
 
-def _events_error(reason: str, message: str, pubsub: str, metadata: dict[str, str]) -> APIError:
-    details: list[dict[str, Any]] = [
-        {
-            "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-            "description": message,
-            "owner": "",
-            "resource_name": pubsub,
-            "resource_type": "pubsub",
-        },
-        error_info(reason, metadata),
-    ]
-    return APIError(400, "ERR_PUBSUB_EVENTS_SER", message, details)
-
-
 def _event_bytes(event: Any, content_type: str) -> bytes:
     """daprd's ConvertEventToBytes: the entry's event as the bytes its contentType calls for."""
     if cloudevents.is_binary(content_type):
@@ -84,13 +69,8 @@ def _event_bytes(event: Any, content_type: str) -> bytes:
 
 
 def _entries(body: bytes, pubsub: str, topic: str, app_id: str, metadata: dict[str, str]) -> list[BulkEntry]:
-    def unreadable(problem: str) -> APIError:
-        return _events_error(
-            "DAPR_PUBSUB_UNMARSHAL_EVENTS",
-            f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: {problem}",
-            pubsub,
-            {"appID": app_id},
-        )
+    def unreadable(problem: str) -> errors.APIError:
+        return errors.pubsub_events_unreadable(pubsub, topic, app_id, problem)
 
     try:
         items = cloudevents.decode_plain(body)
@@ -122,20 +102,10 @@ def _entries(body: bytes, pubsub: str, topic: str, app_id: str, metadata: dict[s
         try:
             data = _event_bytes(event, content_type)
         except ValueError as exc:
-            raise _events_error(
-                "DAPR_PUBSUB_MARSHAL_ENVELOPE",
-                f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {exc}",
-                pubsub,
-                {"appID": app_id, "error": str(exc)},
-            ) from None
+            raise errors.pubsub_envelope_failed(pubsub, topic, app_id, str(exc)) from None
         if not entry_id or entry_id in seen:
             problem = "entryId is duplicated or not present for entry"
-            raise _events_error(
-                "DAPR_PUBSUB_MARSHAL_EVENTS",
-                f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
-                pubsub,
-                {"appID": app_id, "error": problem},
-            )
+            raise errors.pubsub_events_failed(pubsub, topic, app_id, problem)
         seen.add(entry_id)
         # Request metadata reaches an entry only when the entry has metadata of its own (daprd).
         merged = {**metadata, **entry_meta} if entry_meta is not None else {}
@@ -161,7 +131,7 @@ async def bulk_publish(request: Request) -> Response:
         "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
     }
     data = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
-    error = publish_failed(entry.name, topic, failed[0].error)
+    error = errors.pubsub_publish_failed(entry.name, topic, failed[0].error)
     headers = {"metadata.responseData": data, "metadata.error": error.message}
     return Response(data.encode(), 500, _header_safe(headers), media_type=JSON)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.errors import APIError
+from runtime.errors import health_app_id_mismatch, health_not_ready, outbound_not_ready
 from runtime.http.wire import json_response, no_content, path_param, read_body
 
 if TYPE_CHECKING:
@@ -25,27 +25,21 @@ async def healthz(request: Request) -> Response:
     sidecar = _sidecar(request)
     wanted = request.query_params.get("appid")
     if wanted is not None and wanted != sidecar.options.app_id:
-        raise APIError(
-            500,
-            "ERR_HEALTH_APPID_NOT_MATCH",
-            f"dapr app-id does not match: expected {sidecar.options.app_id}",
-        )
+        raise health_app_id_mismatch(sidecar.options.app_id)
     waiting = sidecar.not_ready()
     if waiting:
-        raise APIError(500, "ERR_HEALTH_NOT_READY", f"dapr is not ready: [{' '.join(waiting)}]")
+        raise health_not_ready(waiting)
     return no_content()
 
 
 async def healthz_outbound(request: Request) -> Response:
     sidecar = _sidecar(request)
     if not sidecar.components_ready:
-        raise APIError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+        raise outbound_not_ready()
     # Pillion also pings the backends, so a probe sees a Redis that went away (daprd does not).
     down = await sidecar.unreachable_components()
     if down:
-        raise APIError(
-            500, "ERR_OUTBOUND_HEALTH_NOT_READY", f"dapr outbound is not ready: unreachable {', '.join(down)}"
-        )
+        raise outbound_not_ready(down)
     return no_content()
 
 

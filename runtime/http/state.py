@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from components.state.base import StoredItem
-from runtime.errors import APIError, malformed
+from runtime.errors import malformed, state_operation_not_supported
 from runtime.http.wire import (
     JSON,
     decode_json,
@@ -66,7 +66,8 @@ def _save_item(raw: Any, query_meta: dict[str, str]) -> SaveItem:
 async def get_state(request: Request) -> Response:
     store = path_param(request, "store")
     key = path_param(request, "key")
-    item = await _block(request).get(store, key)
+    block = _block(request)
+    item = await block.get(block.entry(store), key)
     if item is None:
         return no_content()
     headers: dict[str, str] = {}
@@ -81,14 +82,14 @@ async def get_state(request: Request) -> Response:
 async def save_state(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
+    entry = block.entry(store)
     body = decode_json(await read_body(request))
     if not isinstance(body, list):
         raise malformed("failed deserializing HTTP body: expected an array of state items")
     query_meta = query_metadata(request)
     items = [_save_item(raw, query_meta) for raw in body]
     if items:
-        await block.save(store, items)
+        await block.save(entry, items)
     return no_content()
 
 
@@ -103,14 +104,15 @@ async def delete_state(request: Request) -> Response:
         concurrency=params.get("concurrency", ""),
         consistency=params.get("consistency", ""),
     )
-    await _block(request).delete(store, item)
+    block = _block(request)
+    await block.delete(block.entry(store), item)
     return no_content()
 
 
 async def bulk_get_state(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
+    entry = block.entry(store)
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with keys")
@@ -122,26 +124,26 @@ async def bulk_get_state(request: Request) -> Response:
     parallelism = field(body, "parallelism")
     if parallelism is not None and (not isinstance(parallelism, int) or isinstance(parallelism, bool)):
         raise malformed("failed deserializing HTTP body: parallelism must be an integer")
-    items = await block.bulk_get(store, keys)
+    items = await block.bulk_get(entry, keys)
     # Built by hand so that stored JSON is embedded as it is, not parsed and re-encoded.
     parts: list[bytes] = []
     for key, item in zip(keys, items, strict=True):
-        entry = b'{"key":' + json.dumps(key, ensure_ascii=False).encode()
+        part = b'{"key":' + json.dumps(key, ensure_ascii=False).encode()
         if item is not None:
-            entry += b',"data":' + raw_json(item.data)
+            part += b',"data":' + raw_json(item.data)
             if item.etag:
-                entry += b',"etag":' + json.dumps(item.etag).encode()
+                part += b',"etag":' + json.dumps(item.etag).encode()
             expire = _expire_text(item)
             if expire is not None:
-                entry += b',"metadata":{"ttlExpireTime":"' + expire.encode() + b'"}'
-        parts.append(entry + b"}")
+                part += b',"metadata":{"ttlExpireTime":"' + expire.encode() + b'"}'
+        parts.append(part + b"}")
     return Response(b"[" + b",".join(parts) + b"]\n", 200, media_type=JSON)
 
 
 async def transaction(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
+    entry = block.entry(store)
     body = decode_json(await read_body(request))
     if not isinstance(body, dict):
         raise malformed("failed deserializing HTTP body: expected an object with operations")
@@ -150,7 +152,7 @@ async def transaction(request: Request) -> Response:
     if not isinstance(raw_ops, list):
         raise malformed("failed deserializing HTTP body: operations must be an array")
     string_map(field(body, "metadata"), "metadata")
-    block.transactional(store)
+    block.transactional(entry)
     query_meta = query_metadata(request)
     ops: list[SaveItem | DeleteItem] = []
     for raw in raw_ops:
@@ -159,22 +161,21 @@ async def transaction(request: Request) -> Response:
         kind = optional_string(field(raw, "operation"), "operation")
         request_body = field(raw, "request")
         if kind not in ("upsert", "delete"):
-            raise APIError(400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported")
+            raise state_operation_not_supported(str(kind))
         item = _save_item(request_body, query_meta)
         if kind == "upsert":
             ops.append(item)
         else:
             ops.append(DeleteItem(item.key, item.etag, item.metadata, item.concurrency, item.consistency))
     if ops:
-        await block.transact(store, ops)
+        await block.transact(entry, ops)
     return no_content()
 
 
 async def query_state(request: Request) -> Response:
     store = path_param(request, "store")
     block = _block(request)
-    block.entry(store)
-    page = await block.query(store, await read_body(request))
+    page = await block.query(block.entry(store), await read_body(request))
     if not page.results:
         return no_content()
     parts: list[bytes] = []

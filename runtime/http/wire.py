@@ -13,7 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime import gojson
-from runtime.errors import APIError, malformed
+from runtime.errors import (
+    APIError,
+    BadRequest,
+    Detail,
+    ErrorInfo,
+    ResourceInfo,
+    body_too_large,
+    malformed,
+)
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 JSON = "application/json"
@@ -48,21 +56,15 @@ async def read_body(request: Request) -> bytes:
     limit: int = request.app.state.max_body_size
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
+        raise body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(limit)
+            raise body_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def too_large(limit: int) -> APIError:
-    return APIError(
-        413, "ERR_BODY_READ", f"request body is larger than the limit of {limit} bytes (--max-body-size)"
-    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -140,5 +142,40 @@ def no_content() -> Response:
 
 
 def error_response(error: APIError) -> Response:
-    body = json.dumps(error.body(), separators=(",", ":"), ensure_ascii=False)
+    """daprd's JSON error body; the details are those the error names, in its order."""
+    payload: dict[str, Any] = {"errorCode": str(error.code), "message": error.message}
+    if error.details:
+        payload["details"] = [_detail(d) for d in error.details]
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return Response(body.encode(), error.status, media_type=JSON)
+
+
+_GOOGLE_RPC = "type.googleapis.com/google.rpc."
+
+
+def _detail(detail: Detail) -> dict[str, Any]:
+    """A detail as daprd's HTTP API writes it: the proto's field names, ``@type`` first."""
+    if isinstance(detail, ErrorInfo):
+        return {
+            "@type": _GOOGLE_RPC + "ErrorInfo",
+            "domain": detail.domain,
+            "metadata": dict(detail.metadata),
+            "reason": detail.reason,
+        }
+    if isinstance(detail, ResourceInfo):
+        return {
+            "@type": _GOOGLE_RPC + "ResourceInfo",
+            "description": detail.description,
+            "owner": detail.owner,
+            "resource_name": detail.resource_name,
+            "resource_type": detail.resource_type,
+        }
+    if isinstance(detail, BadRequest):
+        return {
+            "@type": _GOOGLE_RPC + "BadRequest",
+            "field_violations": [{"field": detail.field, "description": detail.description}],
+        }
+    return {
+        "@type": _GOOGLE_RPC + "Help",
+        "links": [{"description": detail.description, "url": detail.url}],
+    }

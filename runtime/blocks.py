@@ -1,0 +1,32 @@
+"""The building blocks the sidecar serves. Adding one is one line in ``REGISTERED``."""
+
+from __future__ import annotations
+
+from typing import TypeVar, cast
+
+from runtime.block import BlockContext, BuildingBlock
+from runtime.pubsub import PubSubBlock
+from runtime.secrets import SecretsBlock
+from runtime.state import StateBlock
+
+REGISTERED: tuple[type[BuildingBlock], ...] = (StateBlock, PubSubBlock, SecretsBlock)
+
+B = TypeVar("B")
+
+
+class Blocks:
+    """One instance of every registered block, made for one sidecar."""
+
+    def __init__(
+        self, context: BlockContext, registered: tuple[type[BuildingBlock], ...] = REGISTERED
+    ) -> None:
+        self._by_kind: dict[str, BuildingBlock] = {t.kind: t.create(context) for t in registered}
+        self._by_type: dict[type, BuildingBlock] = {type(b): b for b in self._by_kind.values()}
+
+    def for_kind(self, kind: str) -> BuildingBlock | None:
+        """The block serving components of ``kind`` (``state`` for ``state.redis``)."""
+        return self._by_kind.get(kind)
+
+    def get(self, block_type: type[B]) -> B:
+        """The block of that class; how a transport finds the block its routes call."""
+        return cast(B, self._by_type[block_type])
