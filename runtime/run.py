@@ -3,12 +3,16 @@
 The sidecar runs in this process and is serving before the app starts, so an app that calls it
 first thing never races it. The app runs as a child in its own process group:
 
-* the app exits -> the sidecar drains and this process exits with the app's exit code;
-* the sidecar fails -> the app's whole process group gets SIGTERM, then SIGKILL after a grace;
+* the app exits -> the sidecar drains, whatever the app left running is stopped, and this process
+  exits with the app's exit code;
+* the sidecar fails -> the app and everything it started get SIGTERM, then SIGKILL after a grace;
 * SIGINT/SIGTERM here -> forwarded to the app's process group; SIGKILL after the grace period
   (or at once on a second signal);
-* this process is SIGKILLed -> a tiny watchdog (``sh``, in its own session) sees its pipe close
-  and stops the app's process group the same way, so no orphan is left behind.
+* this process is SIGKILLed -> a watchdog (``runtime.app_processes``, in its own session) sees its
+  pipe close and stops the app and its descendants the same way.
+
+"Everything the app started" is every descendant, also one that double-forked and called
+``setsid()``: see runtime/app_processes.py for how they are found.
 """
 
 from __future__ import annotations
@@ -19,19 +23,15 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 
+from runtime import app_processes
 from runtime.deadlines import STOP_SLACK, exit_after
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 log = logging.getLogger("pillion.run")
 APP_PREFIX = b"== APP == "
-
-# Reads its stdin until EOF (the parent is gone, however it died), then stops the group.
-_WATCHDOG = (
-    'while read -r _; do :; done; kill -s TERM -- "-$1" 2>/dev/null || exit 0; '
-    'sleep "$2"; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
-)
 
 
 def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
@@ -92,7 +92,9 @@ async def _pump(stream: asyncio.StreamReader, out: int) -> None:
 class AppSupervisor:
     def __init__(self, command: Sequence[str], env: dict[str, str], grace: float) -> None:
         self.command = list(command)
-        self.env = env
+        # Inherited by every descendant of the app, so that each can be found again.
+        self.marker = uuid.uuid4().hex
+        self.env = {**env, app_processes.MARKER: self.marker}
         self.grace = grace
         self.process: asyncio.subprocess.Process | None = None
         self.watchdog: asyncio.subprocess.Process | None = None
@@ -100,6 +102,8 @@ class AppSupervisor:
         self._signals_seen = 0
 
     async def start(self) -> None:
+        if not app_processes.become_subreaper():
+            log.warning("processes the app detaches (setsid) cannot be adopted on this system")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -113,11 +117,11 @@ class AppSupervisor:
             raise StartupError(f"cannot start the app {self.command[0]!r}: {exc.strerror or exc}") from None
         pgid = self.process.pid
         self.watchdog = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            _WATCHDOG,
-            "pillion-watchdog",
-            str(pgid),
+            sys.executable,
+            "-m",
+            "runtime.app_processes",
+            self.marker,
+            str(os.getpid()),
             f"{self.grace:g}",
             stdin=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -156,16 +160,34 @@ class AppSupervisor:
             log.warning("the app is still running %.1fs after the signal: SIGKILL", self.grace)
             signal_group(self.pgid, signal.SIGKILL)
 
+    async def _stop_strays(self) -> None:
+        """Descendants that left the app's group (double fork, setsid) or outlived the app."""
+        spare = [self.watchdog.pid] if self.watchdog is not None else []
+        strays = [p for p in app_processes.find(self.marker, os.getpid(), spare) if p.pid != self.pgid]
+        if not strays:
+            return
+        log.info(
+            "stopping %d processes the app left running: %s",
+            len(strays),
+            " ".join(str(p.pid) for p in strays),
+        )
+        killed = await asyncio.to_thread(app_processes.stop, strays, self.grace)
+        if killed:
+            log.warning(
+                "processes %s ignored SIGTERM for %.1fs: killed", " ".join(map(str, killed)), self.grace
+            )
+
     async def wait(self) -> int:
         assert self.process is not None
         return await self.process.wait()
 
     async def stop(self) -> None:
-        """Leave nothing behind: the app's group (its children included), then the watchdog."""
+        """Leave nothing behind: the app's group, every other descendant, then the watchdog."""
         if self.process is not None:
             await stop_group(self.pgid, self.grace)
             with contextlib.suppress(ProcessLookupError):
                 await self.process.wait()
+            await self._stop_strays()
         if self.watchdog is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.watchdog.kill()
