@@ -438,6 +438,10 @@ class JetStreamPubSub:
             # JetStream drops a second message with the same id within its duplicate window.
             headers["Nats-Msg-Id"] = message_id
         js = self._jetstream()
+        if self._nc is not None and not self._nc.is_connected:
+            # The client would buffer the message until it reconnects, holding the request until
+            # the ack times out: say at once that the server is away.
+            raise RuntimeError(f"not connected to NATS at {self.url} (reconnecting)")
         if subject not in self._stored_subjects:
             await self.stream_for(subject)
             self._stored_subjects.add(subject)

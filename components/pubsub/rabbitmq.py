@@ -43,6 +43,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pillion.pubsub.rabbitmq")
 
+
+class _ExpectedClose(logging.Filter):
+    """aiormq logs a broker closing the connection (a restart) with a traceback; the robust
+    connection reconnects by itself, so the line stays and the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiormq.exceptions import ConnectionClosed
+
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionClosed):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("aiormq.connection").addFilter(_ExpectedClose())
+
 # A message whose handler raised goes back to the queue after this pause: requeued at once, it
 # would come straight back (RabbitMQ requeues at the head) and spin while the cause lasts.
 _REQUEUE_AFTER = 1.0
@@ -339,6 +355,11 @@ class RabbitMQPubSub:
         from aio_pika import DeliveryMode
         from aio_pika import Message as AMQPMessage
 
+        connection = self._open()
+        if not connection.connected.is_set():
+            # A robust channel would hold the publish until the connection is back: say at once
+            # that the broker is away instead.
+            raise RuntimeError(f"not connected to RabbitMQ at {self.where()} (reconnecting)")
         ttl = message_ttl(metadata)
         if ttl is None and self.default_ttl:
             ttl = float(self.default_ttl)
