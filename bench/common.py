@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.support import free_port
 
@@ -122,6 +123,14 @@ class Settings:
     quick: bool = False
     # "loadgen" (bench.loadgen: staggered connections, ns timing) or "hey" (lock-step bursts).
     latency_tool: str = "loadgen"
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of process ``pid`` so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 # --- load generators ----------------------------------------------------------------------------

@@ -114,6 +114,9 @@ def serve(settings: Settings, services: Services) -> SectionResult:
             str(settings.workdir / f"serve-{i}" / "data"),
             "--metrics-port",
             str(free_port()),
+            # The gRPC API on, as by default (on a port of its own: 50001 may be taken here).
+            "--dapr-grpc-port",
+            str(free_port()),
         ]
         ours.append(start_and_idle(args, settings.workdir / f"serve-{i}", port, "/v1.0/healthz", 204))
         noop.append(start_and_idle(*noop_server(settings.workdir / f"noop-{i}")))

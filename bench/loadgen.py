@@ -1,11 +1,12 @@
 """Requests at a fixed rate over a fixed number of keep-alive connections, timed in nanoseconds.
 
-    python -m bench.loadgen URL RATE CONNECTIONS SECONDS [--post BODY | --stamp]
+    python -m bench.loadgen URL RATE CONNECTIONS SECONDS [--post BODY | --stamp] [--pid PID]
 
 GET by default; ``--post BODY`` POSTs a JSON body; ``--stamp`` POSTs ``{"t": <CLOCK_MONOTONIC
 ns>}``, a send time that bench.subscriber compares with its own reading of the same clock (Linux
-keeps it system-wide), for end-to-end latency. Prints JSON: ``{"sent", "errors", "statuses",
-"latency"}``.
+keeps it system-wide), for end-to-end latency. With ``--pid`` it also reports the CPU seconds that
+process used during the load. Prints JSON: ``{"sent", "errors", "statuses", "latency",
+"cpu_seconds"}``.
 
 Why not ``hey`` for the latency pairs: hey's workers tick in step, so its 16 connections send 16
 requests at the same instant every 16 ms and each burst queues in the server. That measures the
@@ -26,13 +27,19 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from bench.common import Latency
+from bench.common import Latency, cpu_seconds
 from bench.pacing import at_fixed_rate
 from tests.rawhttp import RawConnection
 
 
 async def load(
-    url: str, rate: float, connections: int, seconds: float, body: bytes | None, stamp: bool
+    url: str,
+    rate: float,
+    connections: int,
+    seconds: float,
+    body: bytes | None,
+    stamp: bool,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
@@ -47,8 +54,10 @@ async def load(
         if response.status not in (200, 204):
             errors.append(response.status)
 
+    before = cpu_seconds(pid)
     try:
         durations = await at_fixed_rate(rate, connections, seconds, send)
+        used = cpu_seconds(pid) - before
     finally:
         for connection in pool:
             await connection.close()
@@ -57,6 +66,7 @@ async def load(
         "errors": len(errors),
         "statuses": sorted(set(errors)),
         "latency": asdict(Latency.from_samples(durations, seconds)),
+        "cpu_seconds": used,
     }
 
 
@@ -71,10 +81,13 @@ def main() -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--post", help="POST this JSON body")
     what.add_argument("--stamp", action="store_true", help='POST {"t": <monotonic ns>}')
+    parser.add_argument("--pid", type=int, help="report the CPU seconds this process used")
     args = parser.parse_args()
     body = args.post.encode() if args.post is not None else None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        found = runner.run(load(args.url, args.rate, args.connections, args.seconds, body, args.stamp))
+        found = runner.run(
+            load(args.url, args.rate, args.connections, args.seconds, body, args.stamp, args.pid)
+        )
     print(json.dumps(found))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, lifecycle, pubsub, report, scaling, state
+from bench import charts, dashboard, grpc, invoke, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -63,7 +63,12 @@ SECTIONS: dict[str, Section] = {
     "pubsub.publish": pubsub.publish,
     "pubsub.redis": pubsub.redis,
     "pubsub.jetstream": pubsub.jetstream,
+    "invoke.latency": invoke.latency,
+    "grpc.latency": grpc.latency,
+    "grpc.models": grpc.models,
+    "grpc.stream": grpc.stream,
     "scaling": scaling_section,
+    "dashboard": dashboard.section,
 }
 
 

@@ -22,6 +22,9 @@ _COMPONENTS: dict[str, str] = {
     "pubsub.jetstream": "components.pubsub.jetstream:JetStreamPubSub",
     "pubsub.rabbitmq": "components.pubsub.rabbitmq:RabbitMQPubSub",
     "pubsub.mqtt3": "components.pubsub.mqtt3:MQTTPubSub",
+    "nameresolution.sqlite": "components.nameresolution.sqlite:SQLiteNameResolver",
+    "nameresolution.redis": "components.nameresolution.redis:RedisNameResolver",
+    "nameresolution.kubernetes": "components.nameresolution.kubernetes:KubernetesNameResolver",
 }
 
 

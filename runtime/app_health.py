@@ -1,11 +1,12 @@
 """App health checks (``--enable-app-health-check``): probe the app, and hold deliveries while it fails.
 
-The sidecar sends ``GET <app><path>`` every ``interval`` (without the app token, as daprd does).
-Any 2xx within ``timeout`` is a success. The app starts out unhealthy: nothing is delivered until a
-probe has succeeded. ``threshold`` failures in a row make it unhealthy again; one success makes it
-healthy. :class:`runtime.app_channel.AppChannel` consults :attr:`AppHealth.healthy` before every
-delivery and treats an unhealthy app like a closed port: the delivery waits, no try is used up, and
-the message stays with the broker.
+The sidecar sends ``GET <app><path>`` every ``interval`` (without the app token, as daprd does;
+a gRPC app is asked ``AppCallbackHealthCheck/HealthCheck`` instead). Any 2xx (OK) within
+``timeout`` is a success. The app starts out unhealthy: nothing is delivered until a probe has
+succeeded. ``threshold`` failures in a row make it unhealthy again; one success makes it healthy.
+The app channels consult :attr:`AppHealth.healthy` before every delivery and treat an unhealthy
+app like a closed port: the delivery waits, no try is used up, and the message stays with the
+broker.
 
 This module imports no HTTP client: the probe itself is the channel's.
 """

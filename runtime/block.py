@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from components.base import Component
     from runtime.configuration import Configuration
     from runtime.metrics import Metrics
+    from runtime.resiliency import Resiliency
     from runtime.resources import ComponentResource
     from runtime.tracing import Tracer
 
@@ -45,6 +46,8 @@ class BlockContext:
     configuration: Configuration
     metrics: Metrics | None = None
     tracer: Tracer | None = None
+    # kind: Resiliency resources: policies for component targets (docs/invocation.md).
+    resiliency: Resiliency | None = None
 
 
 class BuildingBlock(Protocol):

@@ -13,12 +13,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from components.metadata import parse_duration
-from runtime import __version__, secrets_cli, status
+from runtime import __version__, deadletters_cli, secrets_cli, status
 from runtime.app_health import HealthCheck
+from runtime.compat_flags import add_ignored_flags, warn_ignored
+from runtime.dashboard import cli as dashboard_cli
 from runtime.http.connections import RESERVED_DESCRIPTORS, ConnectionLimits, raise_open_file_limit
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
 from runtime.run import run
+from runtime.service_invocation import InvocationOptions
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]i?|[Bb]?)\s*$")
@@ -92,12 +95,26 @@ def _health_check(args: argparse.Namespace) -> HealthCheck | None:
 
 
 def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) -> None:
-    parser.add_argument("--app-id", required=True, help="the app's id; state keys are prefixed with it")
+    def short(*flags: str) -> list[str]:
+        # The Dapr CLI's short forms; daprd (pillion serve) has none.
+        return [f for f in flags if run_mode or f.startswith("--")]
+
     parser.add_argument(
-        "--dapr-http-port",
+        *short("--app-id", "-a"), required=not run_mode, help="the app's id; state keys are prefixed with it"
+    )
+    parser.add_argument(
+        *short("--dapr-http-port", "-H"),
         type=_port,
         default=None if run_mode else 3500,
         help="HTTP API port (a free one when omitted)" if run_mode else "HTTP API port (3500)",
+    )
+    parser.add_argument(
+        *short("--dapr-grpc-port", "-G"),
+        type=_port,
+        default=None,
+        help="gRPC API port (a free one when omitted)"
+        if run_mode
+        else "gRPC API port (50001; when omitted and taken, gRPC is not served)",
     )
     parser.add_argument(
         "--dapr-listen-addresses",
@@ -105,21 +122,24 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         help="address the HTTP API binds to (127.0.0.1)",
     )
     parser.add_argument(
-        "--resources-path",
-        "--components-path",
+        *short("--resources-path", "--components-path", "-d"),
         action="append",
         default=[],
         help="folder of Dapr resource YAML files; repeatable or comma-separated. "
         "Without it the embedded default (SQLite state store 'statestore') is used.",
     )
-    parser.add_argument("--app-port", type=_port, help="port the app listens on, if it takes calls")
+    parser.add_argument(
+        *short("--app-port", "-p"), type=_port, help="port the app listens on, if it takes calls"
+    )
     parser.add_argument("--app-channel-address", default="127.0.0.1", help="address of the app")
     parser.add_argument(
         "--max-body-size", type=parse_size, default=parse_size("4Mi"), help="request body limit (4Mi)"
     )
     parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
     parser.add_argument(
-        "--config", type=Path, help="a Configuration resource file (secret scopes, API allow/deny lists)"
+        *short("--config", "-c"),
+        type=Path,
+        help="a Configuration resource file (secret scopes, API allow/deny lists)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warn", "warning", "error", "fatal"]
@@ -135,7 +155,7 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         help="serve Prometheus metrics (true); --enable-metrics=false turns them off",
     )
     parser.add_argument(
-        "--metrics-port",
+        *short("--metrics-port", "-M"),
         type=_port,
         default=None if run_mode else 9090,
         help=f"loopback port for /metrics ({'a free one when omitted' if run_mode else '9090'})",
@@ -178,6 +198,8 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         help="connections served at once; beyond it only health probes are answered "
         f"(the open-file limit less {RESERVED_DESCRIPTORS})",
     )
+    _add_invocation_flags(parser, short)
+    add_ignored_flags(parser, run_mode)
     health = parser.add_argument_group("app health checks (deliveries pause while the app is unhealthy)")
     health.add_argument(
         "--enable-app-health-check",
@@ -211,6 +233,81 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     )
 
 
+def _add_invocation_flags(parser: argparse.ArgumentParser, short: Callable[..., list[str]]) -> None:
+    group = parser.add_argument_group("service invocation (docs/invocation.md)")
+    group.add_argument(
+        *short("--app-protocol", "-P"),
+        default="http",
+        choices=["http", "https", "grpc", "grpcs", "h2c"],
+        help="how the sidecar calls the app (http); grpc: its AppCallback service (docs/grpc.md)",
+    )
+    group.add_argument(
+        "--app-ssl", action="store_true", help="same as --app-protocol https (deprecated in Dapr)"
+    )
+    group.add_argument(
+        *short("--dapr-internal-grpc-port", "-I"),
+        type=_port,
+        default=0,
+        help="port other sidecars call this one on (a free one when omitted)",
+    )
+    group.add_argument(
+        "--dapr-internal-grpc-listen-address",
+        default="127.0.0.1",
+        help="address of that port (127.0.0.1; 0.0.0.0 for calls from other hosts)",
+    )
+    group.add_argument(
+        "--enable-mtls",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="mutual TLS between sidecars (true); false is allowed on loopback only",
+    )
+    group.add_argument("--ca-dir", type=Path, help="the CA made by pillion certs (~/.pillion/ca)")
+    group.add_argument(
+        "--cert-ttl",
+        type=_duration(1.0),
+        default=3600.0,
+        metavar="DURATION",
+        help="life of this sidecar's certificate, renewed at 2/3 of it (1h)",
+    )
+    group.add_argument(
+        "--enable-api-logging",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="log a line for every API call (false)",
+    )
+
+
+def _invocation_options(args: argparse.Namespace) -> InvocationOptions:
+    protocol = "https" if args.app_ssl and args.app_protocol == "http" else args.app_protocol
+    if protocol == "grpc":
+        # Pub/sub and health checks use the app's AppCallback service (runtime/grpc/app_channel.py).
+        logging.getLogger("pillion").warning(
+            "--app-protocol grpc: service invocation of a gRPC app (OnInvoke) is not supported yet"
+        )
+        protocol = "http"
+    elif protocol in ("grpcs", "h2c"):
+        logging.getLogger("pillion").warning(
+            "--app-protocol %s: the app is called over HTTP/1.1%s; only plaintext gRPC apps are supported",
+            protocol,
+            " with TLS" if protocol == "grpcs" else "",
+        )
+        protocol = "https" if protocol == "grpcs" else "http"
+    return InvocationOptions(
+        internal_port=args.dapr_internal_grpc_port,
+        internal_host=args.dapr_internal_grpc_listen_address,
+        enable_mtls=args.enable_mtls,
+        ca_dir=args.ca_dir,
+        cert_ttl=args.cert_ttl,
+        app_protocol=protocol,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pillion", description="A Dapr-compatible sidecar.")
     parser.add_argument("--version", action="version", version=f"pillion {__version__}")
@@ -229,9 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when the app must stop (5)",
     )
+    run.add_argument(
+        "-f",
+        "--run-file",
+        help="a Dapr multi-app run file, or a folder holding dapr.yaml: every app with its own sidecar",
+    )
+    # Set by `pillion run -f` for each app: output lines read "== APP - <id> == ...".
+    run.add_argument("--output-label", default="", help=argparse.SUPPRESS)
     run.add_argument("app_command", nargs=argparse.REMAINDER, help="the app's command, after --")
+    certs_command(commands)
     secrets_cli.add_commands(commands)
     status.add_command(commands)
+    dashboard_cli.add_command(commands)
+    deadletters_cli.add_command(commands)
     return parser
 
 
@@ -256,6 +363,10 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         connection_limits=ConnectionLimits(
             args.http_read_header_timeout, args.http_read_body_timeout, args.http_max_connections
         ),
+        grpc_port=args.dapr_grpc_port,
+        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
+        invocation=_invocation_options(args),
+        api_logging=args.enable_api_logging,
     )
 
 
@@ -319,6 +430,7 @@ def tell(args: argparse.Namespace, message: str, level: int = logging.INFO) -> N
 
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, as_json=args.log_as_json, app_id=args.app_id)
+    warn_ignored(args, lambda line: tell(args, line, logging.WARNING))
     try:
         options = options_from_args(args)
         check_listen_address(options, args.allow_remote_access)
@@ -337,26 +449,70 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = args.app_command[1:] if args.app_command[:1] == ["--"] else args.app_command
+    if args.run_file is not None:
+        from runtime.runfile import run_file
+
+        return run_file(args.run_file)
+    if not args.app_id:
+        parser.error("pillion run needs --app-id (or -f with a multi-app run file)")
     if not command:
         parser.error("pillion run needs the app's command after --")
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
+    if args.dapr_grpc_port is None:
+        args.dapr_grpc_port = free_port()
     if args.metrics_port is None:
         args.metrics_port = free_port()
-    configure_logging(args.log_level, "== PILLION == ", as_json=args.log_as_json, app_id=args.app_id)
+    label = f" - {args.output_label}" if args.output_label else ""
+    configure_logging(args.log_level, f"== PILLION{label} == ", as_json=args.log_as_json, app_id=args.app_id)
+    warn_ignored(args, lambda line: tell(args, line, logging.WARNING))
     try:
         options = options_from_args(args)
         check_listen_address(options, args.allow_remote_access)
         tell(args, f"app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}")
+        prefix = f"== APP{label} == ".encode()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             try:
-                return runner.run(run(options, command, args.app_grace_period, options.api_token))
+                return runner.run(run(options, command, args.app_grace_period, options.api_token, prefix))
             except (ResourceError, StartupError) as exc:
                 tell(args, str(exc), logging.ERROR)
                 return 1
     except (ResourceError, StartupError) as exc:
         tell(args, str(exc), logging.ERROR)
         return 1
+
+
+def certs_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("certs", help="create the local CA that signs the sidecars' certificates")
+    parser.add_argument("--ca-dir", type=Path, help="where to write ca.crt and ca.key (~/.pillion/ca)")
+    parser.add_argument("--trust-domain", default="public", help="SPIFFE trust domain (public)")
+    parser.add_argument(
+        "--validity",
+        type=_duration(3600.0),
+        default=365 * 24 * 3600.0,
+        metavar="DURATION",
+        help="how long the CA is valid: hours or a Go duration (8760h)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing CA")
+
+
+def certs(args: argparse.Namespace) -> int:
+    import datetime
+
+    from runtime.mtls import CertificateError, create_ca, default_ca_dir
+
+    directory = args.ca_dir or default_ca_dir()
+    try:
+        path = create_ca(directory, args.trust_domain, datetime.timedelta(seconds=args.validity), args.force)
+    except CertificateError as exc:
+        print(f"pillion: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pillion: cannot write the CA in {directory}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"pillion: CA for trust domain {args.trust_domain!r} written to {path} (key beside it, mode 0600)")
+    print("pillion: copy this folder to every host whose sidecars should call each other (--ca-dir)")
+    return 0
 
 
 def free_port() -> int:
@@ -379,6 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return secrets_cli.run(args)
     if args.command == "status":
         return status.run(args)
+    if args.command == "certs":
+        return certs(args)
+    if args.command == "dashboard":
+        return dashboard_cli.run(args)
+    if args.command == "deadletters":
+        return deadletters_cli.run(args)
     return 2
 
 

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 envelopes built and read as daprd does (reference sections 2.2 and 2.6).
+"""CloudEvents 1.0 envelopes built and read as daprd does (docs/pubsub.md: Publishing, Delivery).
 
 Envelopes are encoded as Go's ``json.Marshal`` writes a map: compact, keys sorted, ``<``, ``>``,
 ``&``, U+2028 and U+2029 escaped. Numbers in the published body keep their exact text (daprd

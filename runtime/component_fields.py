@@ -42,10 +42,11 @@ DELIVERY_FIELDS = MetadataSchema(
         MetadataField(
             "deliveryMaxAttempts",
             FieldType.INTEGER,
-            default=5,
+            default=None,
             description="Pillion: tries per message (the first included) while the app answers RETRY "
             "or an error; then the message goes to the dead-letter topic, or is dropped with a warning. "
-            "-1 retries forever.",
+            "-1 retries forever. Unset: a Resiliency inbound retry policy decides, else 1 with a "
+            "dead-letter topic (as daprd) and 5 without.",
         ),
         MetadataField(
             "deliveryRetryInterval",

@@ -24,7 +24,7 @@ from components.secretstores.base import SecretStore
 from runtime.block import BuildingBlock, ComponentProblem, LoadedComponent
 from runtime.deadlines import close_component, within
 from runtime.resources import ComponentResource, ResourceError, validate_component
-from runtime.secrets import SECRET_STORES, Redactor, resolve_references, secret_values
+from runtime.secrets import SECRET_STORES, Redactor, init_order, resolve_references, secret_values
 
 log = logging.getLogger("pillion")
 # How long a replaced component stays open for the requests that still hold it.
@@ -85,6 +85,8 @@ class ComponentSet:
         self.blocks = blocks
         self.redactor = redactor
         self._components: list[LoadedComponent] = []
+        # Components that failed to start with ignoreErrors, and why (until one starts in their place).
+        self.failed: dict[Key, tuple[ComponentResource, str]] = {}
         self._retiring: list[LoadedComponent] = []
         self._retire_task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -95,8 +97,8 @@ class ComponentSet:
         return tuple(self._components)
 
     async def start(self, resources: Sequence[ComponentResource]) -> None:
-        """Start every resource (given in start order) and install them; ``StartupError`` on
-        the first that fails, with the ones started before it closed again."""
+        """Start every resource and install them; ``StartupError`` on the first that fails,
+        with the ones started before it closed again."""
         self.install(await self.prepare(resources))
 
     async def prepare(self, resources: Sequence[ComponentResource]) -> Plan:
@@ -113,7 +115,7 @@ class ComponentSet:
         }
         plan = Plan()
         try:
-            for unresolved in resources:
+            for unresolved in init_order(resources):
                 resource = await resolve_references(unresolved, stores)
                 old = running.get(_key(resource))
                 if old is not None and old.resource == resource:
@@ -205,9 +207,11 @@ class ComponentSet:
             line = str(ResourceError(resource.file, resource.name, f"init failed: {problem}"))
             if resource.ignore_errors:
                 log.warning("%s (ignored: ignoreErrors is true)", line)
+                self.failed[_key(resource)] = (resource, line)
                 return None
             raise StartupError(line) from None
         log.info("component %s (%s) is ready", resource.name, resource.type)
+        self.failed.pop(_key(resource), None)
         return LoadedComponent(resource, instance, metadata)
 
     def _build(self, loaded: LoadedComponent) -> None:

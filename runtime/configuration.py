@@ -1,7 +1,8 @@
 """The ``Configuration`` resource given with ``--config FILE``: secret scopes and API switches.
 
 Other ``spec`` sections (metrics, ...) are read by the parts that use them; this module reads
-``spec.secrets.scopes``, ``spec.api`` and ``spec.tracing`` (sampling rate, OTLP endpoint). Mistakes
+``spec.secrets.scopes``, ``spec.api``, ``spec.tracing`` (sampling rate, OTLP endpoint),
+``spec.accessControl`` and ``spec.nameResolution``. Mistakes
 stop start-up with one line naming the file and the field, including a ``defaultAccess`` that is
 neither allow nor deny (daprd treats a typo there as allow).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from runtime.acl import AccessControl, parse_access_control
 from runtime.resources import API_VERSION, ResourceError
 from runtime.tracing import TracingSettings
 
@@ -27,7 +29,7 @@ ALWAYS_ON_GROUPS = frozenset({"healthz"})
 
 @dataclass(frozen=True)
 class SecretScope:
-    """Which secrets of one store the secrets API may hand out (reference section 3.3)."""
+    """Which secrets of one store the secrets API may hand out (docs/secrets.md: Configuration)."""
 
     store: str
     default_allow: bool = True
@@ -73,7 +75,13 @@ class Configuration:
     # Only the rules for the HTTP protocol: gRPC rules do not concern this server.
     api_allowed: frozenset[APIRule] = frozenset()
     api_denied: frozenset[APIRule] = frozenset()
+    # The rules for the gRPC API (``protocol: grpc``), by ``name.version`` such as ``state.v1``.
+    grpc_api_allowed: frozenset[APIRule] = frozenset()
+    grpc_api_denied: frozenset[APIRule] = frozenset()
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    # spec.accessControl (invocations of this app) and spec.nameResolution (docs/invocation.md).
+    access_control: AccessControl | None = None
+    name_resolution: Mapping[str, Any] = field(default_factory=dict)
 
     def api_enabled(self, version: str, route: str) -> bool:
         """Whether the endpoint ``/<version>/<route>`` is served (daprd's ``IsAllowed``)."""
@@ -82,6 +90,14 @@ class Configuration:
         if self.api_denied and _matches(self.api_denied, version, route):
             return False
         return not self.api_allowed or _matches(self.api_allowed, version, route)
+
+    def grpc_api_enabled(self, rule: str) -> bool:
+        """Whether the gRPC methods of the group ``rule`` (``state.v1``) are served."""
+        name, _, version = rule.partition(".")
+        wanted = APIRule(name, version)
+        if wanted in self.grpc_api_denied:
+            return False
+        return not self.grpc_api_allowed or wanted in self.grpc_api_allowed
 
 
 class _Reader:
@@ -139,7 +155,7 @@ class _Reader:
             )
         return found
 
-    def rules(self, api: dict[str, Any], which: str) -> frozenset[APIRule]:
+    def rules(self, api: dict[str, Any], which: str, wanted: str = "http") -> frozenset[APIRule]:
         rules: set[APIRule] = set()
         where = f"spec.api.{which}"
         for i, item in enumerate(self.items(api.get(which), where)):
@@ -148,12 +164,12 @@ class _Reader:
                 self.text(item.get("name"), f"{at}.name"), self.text(item.get("version"), f"{at}.version")
             )
             protocol = str(item.get("protocol") or "").lower()
-            if protocol == "http":
+            if protocol == wanted:
                 rules.add(rule)
-            elif protocol != "grpc":
+            elif protocol not in ("http", "grpc") and wanted == "http":
                 # daprd applies a rule only to the protocol it names; say so rather than ignore it quietly.
                 log.warning(
-                    "%s: %s (%s %s) has protocol %r, so it applies to neither HTTP nor gRPC; use http",
+                    "%s: %s (%s %s) has protocol %r, so it applies to neither HTTP nor gRPC",
                     self.file,
                     at,
                     rule.name,
@@ -214,11 +230,20 @@ def load_configuration(file: Path) -> Configuration:
     reader = _Reader(file, name)
     spec = reader.mapping(doc.get("spec"), "spec")
     api = reader.mapping(spec.get("api"), "spec.api")
+    try:
+        access_control = parse_access_control(spec.get("accessControl"))
+    except ValueError as exc:
+        where, _, problem = str(exc).partition(": ")
+        raise reader.error(where, problem) from None
     return Configuration(
         name=name,
         file=file,
         secret_scopes=reader.scopes(spec),
         api_allowed=reader.rules(api, "allowed"),
         api_denied=reader.rules(api, "denied"),
+        grpc_api_allowed=reader.rules(api, "allowed", "grpc"),
+        grpc_api_denied=reader.rules(api, "denied", "grpc"),
         tracing=reader.tracing(spec),
+        access_control=access_control,
+        name_resolution=reader.mapping(spec.get("nameResolution"), "spec.nameResolution"),
     )

@@ -1,4 +1,4 @@
-"""Delivering messages to the app (reference sections 2.6 and 2.7).
+"""Delivering messages to the app (docs/pubsub.md: Delivery).
 
 A :class:`Deliverer` is the handler a broker calls for each message of one subscription. It routes
 the event, POSTs it to the app and reads the answer. RETRY, errors and timeouts are tried again
@@ -16,28 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from components.pubsub.base import Message
 from runtime import cloudevents
-from runtime.app_channel import AppChannel, AppUnreachable
+from runtime.event_sink import AppUnreachable, Envelope, EventSink, Outcome
 from runtime.subscriptions import RoutingError, Subscription
 from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy
 
 log = logging.getLogger("pillion.pubsub")
 
 DEFAULT_CONCURRENCY = 10
+# Tries per message without a dead-letter topic: daprd hands the failure back to the broker, whose
+# redelivery may lose it; Pillion keeps trying instead (docs/invocation.md).
+_ATTEMPTS_WITHOUT_DEAD_LETTER = 5
 _BACKOFF_MULTIPLIER = 1.5
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Headers the sidecar sets itself; message metadata with these names is not passed on.
@@ -54,36 +56,8 @@ _OWN_HEADERS = frozenset(
     }
 )
 
-DeadLetter = Callable[[str, Message], Awaitable[None]]
-
-
-class Outcome(Enum):
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    DROP = "DROP"
-
-
-def read_reply(status: int, body: bytes) -> tuple[Outcome, str]:
-    """What the app's answer means (section 2.7), with a reason for the log."""
-    if 200 <= status <= 299:
-        try:
-            answer = json.loads(body) if body.strip() else None
-        except ValueError:
-            return Outcome.SUCCESS, ""
-        if not isinstance(answer, dict):
-            return Outcome.SUCCESS, ""
-        value = next((v for k, v in answer.items() if k.lower() == "status"), None)
-        if value is None or value in ("", "SUCCESS") or not isinstance(value, str):
-            return Outcome.SUCCESS, ""
-        if value == "RETRY":
-            return Outcome.RETRY, "the app answered RETRY"
-        if value == "DROP":
-            return Outcome.DROP, "the app answered DROP"
-        return Outcome.RETRY, f"the app answered an unknown status {value!r}"
-    text = body[:200].decode("utf-8", errors="replace")
-    if status == 404:
-        return Outcome.DROP, f"the app answered 404 (non-retriable): {text}"
-    return Outcome.RETRY, f"the app answered {status}: {text}"
+# (dead-letter topic, message, why it is given up)
+DeadLetter = Callable[[str, Message, str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +69,28 @@ class DeliveryPolicy:
     concurrency: int
 
     @classmethod
-    def resolve(cls, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> DeliveryPolicy:
-        """The component's settings, each overridden by the subscription's metadata when given."""
+    def resolve(
+        cls,
+        defaults: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        dead_letter: bool = False,
+        inbound: Policy | None = None,
+    ) -> DeliveryPolicy:
+        """The component's settings, each overridden by the subscription's metadata when given.
+
+        Without ``deliveryMaxAttempts`` anywhere: a Resiliency inbound retry policy decides, else
+        daprd's default, one try when there is a dead-letter topic (docs/invocation.md).
+        """
         merged = {**defaults, **overrides}
+        if inbound is not None:
+            merged = {**merged, **inbound.delivery_settings(), **overrides}
+        attempts = merged["deliveryMaxAttempts"]
+        if attempts is None:
+            attempts = 1 if dead_letter else _ATTEMPTS_WITHOUT_DEAD_LETTER
         concurrency = merged.get("concurrency")
         timeout = float(merged["deliveryTimeout"])
         return cls(
-            max_attempts=int(merged["deliveryMaxAttempts"]),
+            max_attempts=int(attempts),
             retry_interval=float(merged["deliveryRetryInterval"]),
             max_retry_interval=float(merged["deliveryMaxRetryInterval"]),
             timeout=timeout if timeout > 0 else None,
@@ -121,7 +110,7 @@ class Deliverer:
         self,
         subscription: Subscription,
         policy: DeliveryPolicy,
-        channel: AppChannel,
+        channel: EventSink,
         dead_letter: DeadLetter,
         stopping: asyncio.Event,
         metrics: Metrics | None = None,
@@ -150,6 +139,11 @@ class Deliverer:
         finally:
             self._calling.discard(task)
             self._waiting.discard(task)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages being delivered now, or waiting for their next try."""
+        return len(self._calling) + len(self._waiting)
 
     def cancel_all(self) -> None:
         """Past the drain timeout: interrupt calls still running (their messages stay with the broker)."""
@@ -182,7 +176,7 @@ class Deliverer:
             log.warning("dropping expired pub/sub event %s as of %s", event_id, event.get("expiration"))
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(subscription.dead_letter_topic, message, "the event expired")
             return
         try:
             path = subscription.route(event)
@@ -193,9 +187,11 @@ class Deliverer:
             log.debug("no matching route for event %s on %s; skipping", event_id, self._where)
             if subscription.dead_letter_topic:
                 with contextlib.suppress(Exception):
-                    await self._dead_letter(subscription.dead_letter_topic, message)
+                    await self._dead_letter(
+                        subscription.dead_letter_topic, message, "no route matched the event"
+                    )
             return
-        await self._deliver(message, event, body, path if path.startswith("/") else "/" + path, metadata)
+        await self._deliver(message, event, body, path, metadata)
 
     async def _deliver(
         self, message: Message, event: dict[str, Any], body: bytes, path: str, metadata: dict[str, str]
@@ -229,6 +225,8 @@ class Deliverer:
         self, message: Message, event: dict[str, Any], body: bytes, path: str, headers: dict[str, bytes]
     ) -> tuple[int, str]:
         """Try until settled; the last HTTP status and, when the app did not accept it, why not."""
+        subscription = self.subscription
+        envelope = Envelope(subscription.pubsubname, message.topic, path, event, body, headers)
         attempts = 0
         while True:
             if self._stopping.is_set():
@@ -236,15 +234,14 @@ class Deliverer:
             status = 0
             sent = time.perf_counter()
             try:
-                reply = await self._channel.post(path, body, headers, self.policy.timeout)
+                answer = await self._channel.deliver(envelope, self.policy.timeout)
             except AppUnreachable:
                 await self._wait(self._channel.wait_reachable())
                 continue
             except Exception as exc:  # a timeout or broken connection counts as a failed try
                 outcome, reason = Outcome.RETRY, f"calling the app failed: {exc!r}"
             else:
-                status = reply.status
-                outcome, reason = read_reply(reply.status, reply.body)
+                status, outcome, reason = answer.status, answer.outcome, answer.reason
             metrics = self._metrics
             if metrics is not None:
                 metrics.delivery_latency(*self._labels, time.perf_counter() - sent)
@@ -259,7 +256,7 @@ class Deliverer:
                 fate = f"sent to dead-letter topic {where_to}" if where_to else "dropped"
                 log.log(level, "event %s on %s to %s %s: %s", event_id, self._where, path, fate, reason)
                 if self.subscription.dead_letter_topic:
-                    await self._send_to_dead_letter(message, event_id)
+                    await self._send_to_dead_letter(message, event_id, reason)
                 elif metrics is not None:
                     metrics.dropped(*self._labels)
                 return status, reason
@@ -306,7 +303,7 @@ class Deliverer:
         topic = self.subscription.dead_letter_topic
         if topic:
             log.warning("%s: %s%s; sending it to dead-letter topic %s", self._where, reason, tries, topic)
-            await self._send_to_dead_letter(message, None)
+            await self._send_to_dead_letter(message, None, reason + tries)
         else:
             log.warning(
                 "%s: %s%s; dropping it (the subscription has no deadLetterTopic)", self._where, reason, tries
@@ -314,10 +311,10 @@ class Deliverer:
             if self._metrics is not None:
                 self._metrics.dropped(*self._labels)
 
-    async def _send_to_dead_letter(self, message: Message, event_id: Any) -> None:
+    async def _send_to_dead_letter(self, message: Message, event_id: Any, reason: str) -> None:
         topic = self.subscription.dead_letter_topic
         try:
-            await self._dead_letter(topic, message)
+            await self._dead_letter(topic, message, reason)
         except Exception as exc:
             if self._metrics is not None:
                 self._metrics.component_error(self.subscription.pubsubname, "publish")

@@ -2,10 +2,10 @@
 
 A building block raises :class:`APIError`. It carries what daprd sends for the error on either
 API: the ``errorCode`` and HTTP status of the JSON body, the gRPC status code, and the rich error
-details daprd attaches (``google.rpc`` ErrorInfo, ResourceInfo, BadRequest, Help). The transports
-only render it: ``runtime/http/wire.py`` as ``{"errorCode", "message", "details"?}``, a gRPC
-server as a ``google.rpc.Status``. Nothing here imports grpcio: :class:`GrpcCode` is the plain
-numbering of ``google.rpc.Code``.
+details daprd attaches (``google.rpc`` ErrorInfo, ResourceInfo, BadRequest, Help), for each API.
+The transports only render it: ``runtime/http/wire.py`` as ``{"errorCode", "message",
+"details"?}``, a gRPC server as a ``google.rpc.Status`` with ``grpc_details``. Nothing here
+imports grpcio: :class:`GrpcCode` is the plain numbering of ``google.rpc.Code``.
 
 Every ``errorCode`` is a member of :class:`Code`, and the functions below are the only place an
 ``APIError`` is built (``tests/test_errors.py`` checks both, and that each (HTTP status,
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Literal
 
@@ -67,6 +67,7 @@ class Code(StrEnum):
     STATE_BULK_GET = "ERR_STATE_BULK_GET"
     STATE_SAVE = "ERR_STATE_SAVE"
     STATE_DELETE = "ERR_STATE_DELETE"
+    STATE_BULK_DELETE = "ERR_STATE_BULK_DELETE"
     STATE_TRANSACTION = "ERR_STATE_TRANSACTION"
     STATE_QUERY = "ERR_STATE_QUERY"
     NOT_SUPPORTED_STATE_OPERATION = "ERR_NOT_SUPPORTED_STATE_OPERATION"
@@ -84,6 +85,11 @@ class Code(StrEnum):
     SECRET_STORE_NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
     PERMISSION_DENIED = "ERR_PERMISSION_DENIED"
     SECRET_GET = "ERR_SECRET_GET"
+    # Pillion's admin API: dead letters (docs/dashboard.md)
+    DEADLETTERS_NOT_SUPPORTED = "ERR_DEADLETTERS_NOT_SUPPORTED"
+    DEADLETTER_NOT_FOUND = "ERR_DEADLETTER_NOT_FOUND"
+    DEADLETTERS = "ERR_DEADLETTERS"
+    DEADLETTERS_REPLAY = "ERR_DEADLETTERS_REPLAY"
 
 
 # --- error details (google.rpc.*), in the order daprd adds them ------------------------------------
@@ -94,6 +100,8 @@ class ErrorInfo:
     reason: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     domain: str = DOMAIN
+    # daprd fills the metadata in over HTTP only for some errors (the store or pubsub not found).
+    metadata_over_grpc: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +130,14 @@ Detail = ErrorInfo | ResourceInfo | BadRequest | HelpLink
 
 
 class APIError(Exception):
-    """An error answer: ``status`` for HTTP, ``grpc`` for gRPC, the rest for both."""
+    """An error answer: ``status`` and ``details`` for HTTP, ``grpc`` and ``grpc_details`` for
+    gRPC, the rest for both.
+
+    daprd's errors come in three kinds, which differ over gRPC: rich ones (``details`` given)
+    send the same details on both APIs; basic ones (``basic``: state reads and writes) send no
+    details over HTTP and an ErrorInfo whose reason is the errorCode over gRPC; the older ones
+    (secrets, health, malformed requests) send no details on either.
+    """
 
     def __init__(
         self,
@@ -132,6 +147,7 @@ class APIError(Exception):
         details: Sequence[Detail] = (),
         *,
         grpc: GrpcCode,
+        basic: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -139,15 +155,24 @@ class APIError(Exception):
         self.message = message
         self.details = tuple(details)
         self.grpc = grpc
+        self.basic = basic
 
     @property
-    def error_info(self) -> ErrorInfo:
-        """The ErrorInfo a gRPC status carries. When the error names none, daprd's gRPC API
-        sends the errorCode as the reason (its ``apierrors.Basic``); its HTTP API sends none."""
-        for detail in self.details:
-            if isinstance(detail, ErrorInfo):
-                return detail
-        return ErrorInfo(self.code)
+    def grpc_details(self) -> tuple[Detail, ...]:
+        """The details of the ``google.rpc.Status``, in the order daprd adds them: BadRequest or
+        Help, then ResourceInfo, then ErrorInfo."""
+        if not self.details:
+            return (ErrorInfo(self.code),) if self.basic else ()
+        ordered = sorted(self.details, key=lambda d: _GRPC_ORDER[type(d)])
+        return tuple(
+            replace(d, metadata={}) if isinstance(d, ErrorInfo) and not d.metadata_over_grpc else d
+            for d in ordered
+        )
+
+    @property
+    def error_info(self) -> ErrorInfo | None:
+        """The ErrorInfo the gRPC status carries, if any."""
+        return next((d for d in self.grpc_details if isinstance(d, ErrorInfo)), None)
 
     @property
     def resource_info(self) -> ResourceInfo | None:
@@ -157,8 +182,16 @@ class APIError(Exception):
         return None
 
 
+_GRPC_ORDER: dict[type, int] = {BadRequest: 0, HelpLink: 0, ResourceInfo: 1, ErrorInfo: 2}
+
+
 def _error(status: int, grpc: GrpcCode, code: Code, message: str, *details: Detail) -> APIError:
     return APIError(status, code, message, details, grpc=grpc)
+
+
+def _basic(status: int, grpc: GrpcCode, code: Code, message: str) -> APIError:
+    """An error of daprd's ``apierrors.Basic`` kind (see :class:`APIError`)."""
+    return APIError(status, code, message, grpc=grpc, basic=True)
 
 
 # --- common ----------------------------------------------------------------------------------------
@@ -197,6 +230,13 @@ def direct_invoke_failed(target: str, problem: str) -> APIError:
     )
 
 
+def direct_invoke_denied(target: str, problem: str) -> APIError:
+    """The target's access control refused the caller."""
+    return _error(
+        403, GrpcCode.PERMISSION_DENIED, Code.DIRECT_INVOKE, f"failed to invoke, id: {target}, err: {problem}"
+    )
+
+
 def health_app_id_mismatch(app_id: str) -> APIError:
     return _error(
         500,
@@ -228,7 +268,7 @@ def state_store_not_configured(store: str, app_id: str) -> APIError:
         GrpcCode.FAILED_PRECONDITION,
         Code.STATE_STORE_NOT_CONFIGURED,
         f"state store {store} is not configured",
-        ErrorInfo("DAPR_STATE_NOT_CONFIGURED", {"appID": app_id}),
+        ErrorInfo("DAPR_STATE_NOT_CONFIGURED", {"appID": app_id}, metadata_over_grpc=False),
     )
 
 
@@ -238,7 +278,7 @@ def state_store_not_found(store: str, app_id: str) -> APIError:
         GrpcCode.INVALID_ARGUMENT,
         Code.STATE_STORE_NOT_FOUND,
         f"state store {store} is not found",
-        ErrorInfo("DAPR_STATE_NOT_FOUND", {"appID": app_id}),
+        ErrorInfo("DAPR_STATE_NOT_FOUND", {"appID": app_id}, metadata_over_grpc=False),
     )
 
 
@@ -271,13 +311,13 @@ def state_illegal_key(store: str, key: str) -> APIError:
 
 
 def state_get_failed(store: str, key: str, problem: object) -> APIError:
-    return _error(
+    return _basic(
         500, GrpcCode.INTERNAL, Code.STATE_GET, f"fail to get {key} from state store {store}: {problem}"
     )
 
 
 def state_bulk_get_failed(store: str, problem: object) -> APIError:
-    return _error(
+    return _basic(
         500,
         GrpcCode.INTERNAL,
         Code.STATE_BULK_GET,
@@ -289,10 +329,10 @@ def _write_failed(code: Code, what: str, problem: str, etag: EtagProblem) -> API
     """A save or delete that failed; an etag conflict or unreadable etag is the caller's."""
     if etag == "mismatch":
         message = f"{what}: possible etag mismatch. error from state store: {problem}"
-        return _error(409, GrpcCode.ABORTED, code, message)
+        return _basic(409, GrpcCode.ABORTED, code, message)
     if etag == "invalid":
-        return _error(400, GrpcCode.INVALID_ARGUMENT, code, f"{what}: {problem}")
-    return _error(500, GrpcCode.INTERNAL, code, f"{what}: {problem}")
+        return _basic(400, GrpcCode.INVALID_ARGUMENT, code, f"{what}: {problem}")
+    return _basic(500, GrpcCode.INTERNAL, code, f"{what}: {problem}")
 
 
 def state_save_failed(store: str, problem: str, etag: EtagProblem = None) -> APIError:
@@ -303,8 +343,20 @@ def state_delete_failed(key: str, problem: str, etag: EtagProblem = None) -> API
     return _write_failed(Code.STATE_DELETE, f"failed deleting state with key {key}", problem, etag)
 
 
+def state_bulk_delete_failed(store: str, problem: str, etag: EtagProblem = None) -> APIError:
+    """gRPC's DeleteBulkState (HTTP has no bulk delete)."""
+    return _write_failed(
+        Code.STATE_BULK_DELETE, f"failed deleting state in state store {store}", problem, etag
+    )
+
+
+def state_key_empty() -> APIError:
+    """A gRPC state item without a key (over HTTP the body check answers first)."""
+    return _basic(400, GrpcCode.INVALID_ARGUMENT, Code.STATE_SAVE, "state key cannot be empty")
+
+
 def state_transaction_failed(problem: str) -> APIError:
-    return _error(
+    return _basic(
         500,
         GrpcCode.INTERNAL,
         Code.STATE_TRANSACTION,
@@ -313,7 +365,7 @@ def state_transaction_failed(problem: str) -> APIError:
 
 
 def state_operation_not_supported(kind: str) -> APIError:
-    return _error(
+    return _basic(
         400,
         GrpcCode.UNIMPLEMENTED,
         Code.NOT_SUPPORTED_STATE_OPERATION,
@@ -408,7 +460,7 @@ def pubsub_not_found(pubsub: str, metadata: Mapping[str, str]) -> APIError:
         GrpcCode.INVALID_ARGUMENT,
         Code.PUBSUB_NOT_FOUND,
         f"pubsub {pubsub} is not found",
-        ErrorInfo("DAPR_PUBSUB_NOT_FOUND", dict(metadata)),
+        ErrorInfo("DAPR_PUBSUB_NOT_FOUND", dict(metadata), metadata_over_grpc=False),
     )
 
 
@@ -563,3 +615,36 @@ def secret_bulk_get_failed(store: str, problem: object) -> APIError:
 def _go_quote(text: str) -> str:
     # daprd formats these names with Go's %q.
     return json.dumps(text, ensure_ascii=False)
+
+
+# --- Pillion's admin API: dead letters (docs/dashboard.md; daprd has no such API) ------------------
+
+
+def deadletters_not_supported(pubsub: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.FAILED_PRECONDITION,
+        Code.DEADLETTERS_NOT_SUPPORTED,
+        f"pubsub {pubsub} cannot list the messages a topic holds; dead letters can be inspected on "
+        "pubsub.sqlite, pubsub.redis and pubsub.jetstream (docs/dashboard.md)",
+    )
+
+
+def deadletter_not_found(topic: str, message_id: str) -> APIError:
+    return _error(
+        404, GrpcCode.NOT_FOUND, Code.DEADLETTER_NOT_FOUND, f"message {message_id} is not on topic {topic}"
+    )
+
+
+def deadletters_failed(pubsub: str, topic: str, what: str, problem: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.DEADLETTERS,
+        f"{what} on topic {topic} in pubsub {pubsub} failed: {problem}",
+    )
+
+
+def deadletters_replay_failed(problem: str) -> APIError:
+    """A replay stopped at a message it could not move (the answer also lists those moved)."""
+    return _error(500, GrpcCode.INTERNAL, Code.DEADLETTERS_REPLAY, problem)

@@ -31,7 +31,6 @@ from watchfiles import Change, awatch
 
 from runtime.component_set import ComponentSet, StartupError
 from runtime.resources import ComponentResource, ResourceError, load_components, load_subscriptions
-from runtime.secrets import init_order
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 
 log = logging.getLogger("pillion")
@@ -50,8 +49,8 @@ def _is_resource_file(change: Change, path: str) -> bool:
 
 
 def _read(paths: Sequence[Path], app_id: str) -> tuple[list[ComponentResource], list[Subscription]]:
-    """Every component (in start order) and declarative subscription; raises on any problem."""
-    components = init_order(load_components(paths, app_id))
+    """Every component and declarative subscription; raises on any problem."""
+    components = load_components(paths, app_id)
     subscriptions = [from_resource(s) for s in load_subscriptions(paths, app_id)]
     return components, subscriptions
 

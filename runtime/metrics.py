@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("pillion.metrics")
@@ -204,6 +204,31 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (collecting reads /proc: call it off the loop)."""
         return generate_latest(self.registry)
+
+
+class InFlightCollector(Collector):
+    """``pillion_pubsub_in_flight{pubsub, topic}``: messages of a subscription being delivered to
+    the app or waiting for their next try, read from the pub/sub block when scraped."""
+
+    def __init__(self, app_id: str, in_flight: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.app_id = app_id
+        self.in_flight = in_flight
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.in_flight())
+
+    def _families(self, counts: dict[tuple[str, str], int]) -> list[Metric]:
+        gauge = GaugeMetricFamily(
+            "pillion_pubsub_in_flight",
+            "Messages being delivered to the app or waiting to be retried, per subscription.",
+            labels=["app_id", "pubsub", "topic"],
+        )
+        for (pubsub, topic), count in counts.items():
+            gauge.add_metric([self.app_id, pubsub, topic], count)
+        return [gauge]
 
 
 class MetricsServer:

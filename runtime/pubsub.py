@@ -17,18 +17,19 @@ from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents, errors
 from runtime.block import BlockContext, LoadedComponent
 from runtime.deadlines import CLOSE_TIMEOUT
-from runtime.subscriptions import Subscription, from_app, merge, parse_go_bool
+from runtime.subscriptions import Subscription, merge, parse_go_bool, streaming
 from runtime.tracing import Span, Tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
     from runtime.delivery import Deliverer
+    from runtime.event_sink import AppConnection, EventSink
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy, Resiliency
 
 log = logging.getLogger("pillion.pubsub")
 
 
-# --- topic scopes (reference section 2.8) ------------------------------------------------------
+# --- topic scopes (docs/pubsub.md) ------------------------------------------------------------
 
 
 def _topics(text: str) -> list[str]:
@@ -86,6 +87,15 @@ class BrokerEntry:
     scopes: TopicScopes
     # The component's typed metadata: delivery defaults (deliveryMaxAttempts, ...) and concurrency.
     settings: dict[str, Any] = field(default_factory=dict)
+    # Resiliency policies of the component: publishing (outbound), deliveries (inbound).
+    outbound: Policy | None = None
+    inbound: Policy | None = None
+
+    async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
+        if self.outbound is None:
+            await self.broker.publish(topic, data, metadata)
+        else:
+            await self.outbound.run(lambda: self.broker.publish(topic, data, metadata))
 
     @property
     def expires_messages(self) -> bool:
@@ -94,7 +104,7 @@ class BrokerEntry:
 
 @dataclass(slots=True)
 class Publication:
-    """One message to publish, as the HTTP layer read it."""
+    """One message to publish, as a transport read it."""
 
     data: bytes
     content_type: str
@@ -121,6 +131,12 @@ class _Running:
     stopping: asyncio.Event
 
 
+@dataclass
+class _Stream:
+    subscription: Subscription
+    running: _Running
+
+
 class PubSubBlock:
     kind: ClassVar[str] = "pubsub"
 
@@ -135,11 +151,14 @@ class PubSubBlock:
         self._entries = {entry.name: entry for entry in entries}
         self.metrics = metrics
         self.tracer = tracer or Tracer()
+        self.resiliency: Resiliency | None = None
         self._declared: list[Subscription] = []
         self._programmatic: list[Subscription] = []
         # Per (pubsub, topic): the subscriptions delivering now.
         self._running: dict[tuple[str, str], _Running] = {}
-        self._channel: AppChannel | None = None
+        self._channel: AppConnection | None = None
+        # Streaming subscriptions on the gRPC API, listed in metadata as STREAMING.
+        self._streams: list[_Stream] = []
         self._stopping = asyncio.Event()
         # Starting, reloading and stopping subscriptions take turns.
         self._changing = asyncio.Lock()
@@ -148,14 +167,21 @@ class PubSubBlock:
 
     @classmethod
     def create(cls, context: BlockContext) -> PubSubBlock:
-        return cls(context.app_id, [], context.metrics, context.tracer)
+        block = cls(context.app_id, [], context.metrics, context.tracer)
+        block.resiliency = context.resiliency
+        return block
 
     # --- the component life cycle (runtime/component_set.py) -----------------------------------
 
     def build(self, component: LoadedComponent) -> BrokerEntry:
         scopes = TopicScopes.from_metadata(component.metadata, self.app_id)
         broker = cast(PubSub, component.instance)
-        return BrokerEntry(component.resource.name, broker, scopes, component.metadata)
+        name = component.resource.name
+        entry = BrokerEntry(name, broker, scopes, component.metadata)
+        if self.resiliency is not None:
+            entry.outbound = self.resiliency.for_component(name, "outbound", "Pubsub")
+            entry.inbound = self.resiliency.for_component(name, "inbound", "Pubsub")
+        return entry
 
     def capabilities(self, entry: BrokerEntry) -> list[str]:
         return sorted(str(f) for f in entry.broker.features)
@@ -171,6 +197,9 @@ class PubSubBlock:
     @property
     def has_brokers(self) -> bool:
         return bool(self._entries)
+
+    def broker(self, name: str) -> BrokerEntry | None:
+        return self._entries.get(name)
 
     def entry(self, name: str, topic: str, metadata: Mapping[str, str]) -> BrokerEntry:
         """The broker for a publish request, checked in daprd's order: name, broker, topic."""
@@ -208,7 +237,7 @@ class PubSubBlock:
     def _wrap(
         self, entry: BrokerEntry, topic: str, publication: Publication, traceparent: str, tracestate: str
     ) -> bytes:
-        """The bytes that go on the broker: the CloudEvent envelope (section 2.2)."""
+        """The bytes that go on the broker: the CloudEvent envelope (docs/pubsub.md: Publishing)."""
         metadata = publication.metadata
         if cloudevents.is_cloudevent(publication.content_type):
             try:
@@ -256,7 +285,7 @@ class PubSubBlock:
             data = self._wrap(entry, topic, publication, traceparent, tracestate)
         self._check_scope(entry, topic)
         try:
-            await entry.broker.publish(topic, data, metadata)
+            await entry.publish(topic, data, metadata)
         except Exception as exc:
             self._count_failure(entry)
             raise errors.pubsub_publish_failed(entry.name, topic, str(exc) or type(exc).__name__) from None
@@ -292,7 +321,7 @@ class PubSubBlock:
         failed: list[FailedEntry] = []
         for entry_id, data, metadata, span in ready:
             try:
-                await entry.broker.publish(topic, data, metadata)
+                await entry.publish(topic, data, metadata)
             except Exception as exc:
                 self._count_failure(entry)
                 failed.append(FailedEntry(entry_id, str(exc) or type(exc).__name__))
@@ -317,30 +346,65 @@ class PubSubBlock:
         return merge(self._declared, self._programmatic)
 
     def describe_subscriptions(self) -> list[dict[str, Any]]:
-        return [subscription.describe() for subscription in self.subscriptions()]
+        listed = self.subscriptions() + [stream.subscription for stream in self._streams]
+        return [subscription.describe() for subscription in listed]
 
-    async def start_subscriptions(self, channel: AppChannel) -> None:
+    async def subscribe_stream(
+        self,
+        pubsubname: str,
+        topic: str,
+        metadata: Mapping[str, str],
+        dead_letter_topic: str,
+        sink: EventSink,
+    ) -> _Stream:
+        """Start a streaming subscription delivering to ``sink``, with the same delivery rules as an
+        app's subscription. ``APIError`` when the pubsub is unknown or the topic not allowed;
+        ``SubscriptionError`` when the metadata cannot be used."""
+        from runtime.delivery import Deliverer, DeliveryPolicy
+
+        entry = self.entry(pubsubname, topic, metadata)
+        if not entry.scopes.may_subscribe(topic):
+            raise errors.pubsub_forbidden(entry.name, topic, self.app_id)
+        subscription = streaming(pubsubname, topic, dict(metadata), dead_letter_topic)
+        policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+        stopping = asyncio.Event()
+        deliverer = Deliverer(
+            subscription, policy, sink, self._dead_letter(entry), stopping, self.metrics, self.tracer
+        )
+        options = SubscribeOptions(concurrency=policy.concurrency, metadata=dict(subscription.metadata))
+        handle = await entry.broker.subscribe(topic, deliverer, options)
+        stream = _Stream(subscription, _Running(handle, deliverer, stopping))
+        self._streams.append(stream)
+        log.info("streaming subscription %s started", subscription.label())
+        return stream
+
+    async def unsubscribe_stream(self, stream: _Stream, drain_timeout: float) -> None:
+        """Stop a streaming subscription; deliveries waiting for an ack are handed back to the broker."""
+        if stream in self._streams:
+            self._streams.remove(stream)
+        running = stream.running
+        running.stopping.set()
+        try:
+            await asyncio.wait_for(running.handle.close(), drain_timeout)
+        except TimeoutError:
+            running.deliverer.cancel_all()
+        log.info("streaming subscription %s stopped", stream.subscription.label())
+
+    async def start_subscriptions(self, channel: AppConnection) -> None:
         """Ask the app for its subscriptions, then start delivering every one in scope.
 
         ``SubscriptionError`` when the app's answer cannot be used (a rule that does not compile).
         The channel stays the caller's: it outlives the subscriptions.
         """
-        from runtime.app_channel import AppCallFailed
+        from runtime.event_sink import AppCallFailed
 
         async with self._changing:
             self._channel = channel
             self._swapped.clear()  # every subscription starts on the entries installed now
             try:
-                reply = await channel.subscriptions()
+                self._programmatic = await channel.programmatic_subscriptions()
             except AppCallFailed as exc:
                 log.error("%s; only declarative subscriptions are started", exc)
-            else:
-                if reply.status == 200:
-                    self._programmatic = from_app(reply.body)
-                elif reply.status == 404:
-                    log.debug("user app did not subscribe to any topic")
-                else:
-                    log.error("app returned http status code %d from subscription endpoint", reply.status)
             for subscription in self.subscriptions():
                 if self._stopping.is_set():
                     return
@@ -368,7 +432,9 @@ class PubSubBlock:
                 "%s is not allowed for app id %s (subscriptionScopes); not started", where, self.app_id
             )
             return
-        policy = DeliveryPolicy.resolve(entry.settings, subscription.overrides)
+        policy = DeliveryPolicy.resolve(
+            entry.settings, subscription.overrides, bool(subscription.dead_letter_topic), entry.inbound
+        )
         stopping = asyncio.Event()
         deliverer = Deliverer(
             subscription, policy, channel, self._dead_letter(entry), stopping, self.metrics, self.tracer
@@ -382,13 +448,22 @@ class PubSubBlock:
         self._running[subscription.key] = _Running(handle, deliverer, stopping)
         log.info("%s delivers to %s", where, ", ".join(r.path for r in subscription.rules))
 
-    @staticmethod
-    def _dead_letter(entry: BrokerEntry) -> Callable[[str, Message], Awaitable[None]]:
-        async def republish(topic: str, message: Message) -> None:
-            # The original bytes and metadata, so the app sees the original topic in the event.
-            await entry.broker.publish(topic, message.data, message.metadata)
+    def _dead_letter(self, entry: BrokerEntry) -> Callable[[str, Message, str], Awaitable[None]]:
+        from runtime.deadletters import mark
+
+        async def republish(topic: str, message: Message, reason: str) -> None:
+            # The original bytes, so the app sees the original topic in the event; the metadata
+            # gains why and when, for whoever inspects the dead letters.
+            await entry.broker.publish(topic, message.data, mark(message, reason, self.app_id))
 
         return republish
+
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Per (pubsub, topic): messages handed to the app or waiting to be retried now.
+
+        Read from the metrics thread while the loop changes the subscriptions: a snapshot.
+        """
+        return {key: running.deliverer.in_flight for key, running in list(self._running.items())}
 
     @property
     def started(self) -> bool:

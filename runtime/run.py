@@ -35,7 +35,9 @@ APP_PREFIX = b"== APP == "
 
 
 def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+    from runtime.grpc import SIDECAR_ONLY
+
+    env = {name: value for name, value in os.environ.items() if name not in SIDECAR_ONLY}
     env.update(
         {
             "APP_ID": options.app_id,
@@ -43,8 +45,12 @@ def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str,
             "PILLION_HTTP_PORT": str(options.http_port),
         }
     )
+    if options.grpc_port is not None:
+        env["DAPR_GRPC_PORT"] = str(options.grpc_port)
     if options.app_port is not None:
         env["APP_PORT"] = str(options.app_port)
+    env["APP_CHANNEL_ADDRESS"] = options.app_channel_address
+    env["APP_PROTOCOL"] = options.invocation.app_protocol
     if options.enable_metrics:
         env["DAPR_METRICS_PORT"] = str(options.metrics_port)
     if api_token:
@@ -81,16 +87,19 @@ async def stop_group(pgid: int, grace: float) -> None:
         signal_group(pgid, signal.SIGKILL)
 
 
-async def _pump(stream: asyncio.StreamReader, out: int) -> None:
+async def _pump(stream: asyncio.StreamReader, out: int, prefix: bytes) -> None:
     """Copy the app's output line by line with a prefix, so it reads apart from the sidecar's."""
     while line := await stream.readline():
         if not line.endswith(b"\n"):
             line += b"\n"
-        os.write(out, APP_PREFIX + line)
+        os.write(out, prefix + line)
 
 
 class AppSupervisor:
-    def __init__(self, command: Sequence[str], env: dict[str, str], grace: float) -> None:
+    def __init__(
+        self, command: Sequence[str], env: dict[str, str], grace: float, prefix: bytes = APP_PREFIX
+    ) -> None:
+        self.prefix = prefix
         self.command = list(command)
         # Inherited by every descendant of the app, so that each can be found again.
         self.marker = uuid.uuid4().hex
@@ -128,8 +137,8 @@ class AppSupervisor:
         )
         assert self.process.stdout is not None and self.process.stderr is not None
         self._pumps = [
-            asyncio.create_task(_pump(self.process.stdout, sys.stdout.fileno())),
-            asyncio.create_task(_pump(self.process.stderr, sys.stderr.fileno())),
+            asyncio.create_task(_pump(self.process.stdout, sys.stdout.fileno(), self.prefix)),
+            asyncio.create_task(_pump(self.process.stderr, sys.stderr.fileno(), self.prefix)),
         ]
         log.info("app started (pid %d): %s", pgid, " ".join(self.command))
 
@@ -204,7 +213,13 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def run(options: SidecarOptions, command: Sequence[str], grace: float, api_token: str | None) -> int:
+async def run(
+    options: SidecarOptions,
+    command: Sequence[str],
+    grace: float,
+    api_token: str | None,
+    app_prefix: bytes = APP_PREFIX,
+) -> int:
     sidecar = Sidecar(options)
     serving = asyncio.create_task(sidecar.serve(handle_signals=False))
     while not sidecar.serving:
@@ -214,7 +229,7 @@ async def run(options: SidecarOptions, command: Sequence[str], grace: float, api
             return 1
         await asyncio.sleep(0.005)
 
-    app = AppSupervisor(command, app_environment(options, api_token), grace)
+    app = AppSupervisor(command, app_environment(options, api_token), grace, app_prefix)
     try:
         await app.start()
     except StartupError:

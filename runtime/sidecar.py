@@ -24,19 +24,23 @@ from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
 from runtime.deadlines import STOP_SLACK, exit_after
 from runtime.http.connections import ConnectionLimits, protocol_class
-from runtime.metrics import Metrics, MetricsServer
+from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
+from runtime.resiliency import Resiliency, load_resiliency
 from runtime.resource_monitor import ResourceMonitor
 from runtime.resources import ComponentResource, load_components, load_subscriptions, validate_component
-from runtime.secrets import Redactor, SecretsBlock, init_order
+from runtime.secrets import Redactor, SecretsBlock
+from runtime.service_invocation import InvocationOptions
 from runtime.state import StateBlock
 from runtime.status import Registration, register, unregister
 from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
-    from runtime.app_channel import AppChannel
+    from runtime.event_sink import AppConnection
+    from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
+    from runtime.service_invocation import ServiceInvocation
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
 
@@ -67,6 +71,14 @@ class SidecarOptions:
     app_health: HealthCheck | None = None
     # Deadlines on reading a request and the cap on connections (--http-read-*, --http-max-connections).
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    grpc_port: int | None = None
+    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    app_protocol: str = "http"
+    # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
+    invocation: InvocationOptions = field(default_factory=InvocationOptions)
+    # --enable-api-logging: one log line per API call.
+    api_logging: bool = False
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -113,12 +125,16 @@ class Sidecar:
         self.extended: dict[str, str] = {}
         self.metrics = Metrics(options.app_id)
         self.metrics.registry.register(ResourceMonitor(options.app_id, self._app_pid))
+        self.metrics.registry.register(InFlightCollector(options.app_id, self._in_flight))
         self._metrics_server: MetricsServer | None = None
         self._registration: Path | None = None
         self.tracer = Tracer()
         # The HTTP channel to the app: made when first needed (health probes, subscriptions).
-        self.channel: AppChannel | None = None
+        self.channel: AppConnection | None = None
+        self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
+        self.invocation: ServiceInvocation | None = None
+        self.resiliency: Resiliency | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -127,6 +143,7 @@ class Sidecar:
             self.configuration = load_configuration(self.options.config_file)
         if self.options.resources_paths:
             components = load_components(self.options.resources_paths, self.options.app_id)
+            self.resiliency = load_resiliency(self.options.resources_paths, self.options.app_id)
             subscriptions = load_subscriptions(self.options.resources_paths, self.options.app_id)
             try:
                 self.declared_subscriptions = [from_resource(s) for s in subscriptions]
@@ -155,17 +172,21 @@ class Sidecar:
             handler.addFilter(self.redactor)
         # Whatever a library logs (a header dump at debug level), the tokens never show.
         self.redactor.add(t for t in (self.options.api_token, os.environ.get("APP_API_TOKEN")) if t)
-        context = BlockContext(self.options.app_id, self.configuration, self.metrics, self.tracer)
+        context = BlockContext(
+            self.options.app_id, self.configuration, self.metrics, self.tracer, self.resiliency
+        )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
-        # Secret stores start before the components whose secretKeyRefs read from them.
-        await self.components.start(init_order(resources))
+        await self.components.start(resources)
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
 
     async def stop_components(self) -> None:
         for task in self._background:
             task.cancel()
+        if self.invocation is not None:
+            await self.invocation.close()
+            self.invocation = None
         if self._watcher is not None:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
@@ -182,6 +203,16 @@ class Sidecar:
         if self.app_reachable and not self.pubsub.started and self.options.app_port is not None:
             # The first pubsub arrived after the app was found: its subscriptions start now.
             await self.start_subscriptions()
+
+    async def _start_invocation(self) -> None:
+        from runtime.service_invocation import InvocationSetupError, ServiceInvocation
+
+        invocation = ServiceInvocation(self, self.options.invocation)
+        self.invocation = invocation
+        try:
+            await invocation.start()
+        except InvocationSetupError as exc:
+            raise StartupError(str(exc)) from None
 
     def spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -211,17 +242,26 @@ class Sidecar:
             self.app_reachable = True
             return
 
-    def app_channel(self) -> AppChannel:
+    def app_channel(self) -> AppConnection:
         if self.channel is None:
-            from runtime.app_channel import AppChannel
+            options = self.options
+            assert options.app_port is not None
+            if options.app_protocol == "grpc":
+                from runtime.grpc.app_channel import GrpcAppChannel
 
-            assert self.options.app_port is not None
-            self.channel = AppChannel(
-                self.options.app_channel_address,
-                self.options.app_port,
-                self.options.app_id,
-                self.options.app_health,
-            )
+                self.channel = GrpcAppChannel(
+                    options.app_channel_address,
+                    options.app_port,
+                    options.app_id,
+                    options.app_health,
+                    options.max_body_size,
+                )
+            else:
+                from runtime.app_channel import AppChannel
+
+                self.channel = AppChannel(
+                    options.app_channel_address, options.app_port, options.app_id, options.app_health
+                )
         return self.channel
 
     def _start_app_health(self) -> None:
@@ -259,13 +299,18 @@ class Sidecar:
 
     def metadata(self) -> dict[str, Any]:
         version = f"pillion-{__version__}"
-        app: dict[str, Any] = {"protocol": "http", "channelAddress": self.options.app_channel_address}
+        app: dict[str, Any] = {
+            "protocol": self.options.app_protocol,
+            "channelAddress": self.options.app_channel_address,
+        }
         if self.options.app_port is not None:
             app["port"] = self.options.app_port
         extended = {**self.extended, "daprRuntimeVersion": version}
         health = self.channel.health if self.channel is not None else None
         if health is not None:
             app["health"] = health.check.describe()
+            if self.options.app_protocol == "grpc":
+                del app["health"]["healthCheckPath"]  # a gRPC app is probed with HealthCheck
             # Pillion's own key: the contract has no place for the state the probes found.
             extended["appHealth"] = health.status
         body: dict[str, Any] = {
@@ -290,6 +335,30 @@ class Sidecar:
         if subscriptions:
             body["subscriptions"] = subscriptions
         return body
+
+    def component_report(self) -> list[dict[str, Any]]:
+        """Every component, loaded or failed (with the reason), for ``pillion dashboard``."""
+        loaded = [
+            {
+                "name": c.resource.name,
+                "type": c.resource.type,
+                "version": c.resource.version or "v1",
+                "status": "loaded",
+                "capabilities": c.capabilities,
+            }
+            for c in self.components.components
+        ]
+        failed = [
+            {
+                "name": r.name,
+                "type": r.type,
+                "version": r.version or "v1",
+                "status": "failed",
+                "reason": reason,
+            }
+            for r, reason in self.components.failed.values()
+        ]
+        return loaded + failed
 
     # --- serving -------------------------------------------------------------------------------
 
@@ -337,6 +406,8 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            await self._start_invocation()
+            await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.hot_reload import ResourceWatcher
 
@@ -367,6 +438,8 @@ class Sidecar:
         finally:
             if handle_signals:
                 exit_after(self.options.drain_timeout + STOP_SLACK, "stopping began")
+            if self.grpc is not None:
+                await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
             sock.close()
             await self._stop_observability()
@@ -374,7 +447,28 @@ class Sidecar:
         if self._fatal is not None:
             raise StartupError(self._fatal)
 
+    async def _start_grpc(self) -> None:
+        """The gRPC API, before the app starts. A port given with --dapr-grpc-port must be had;
+        the default one (50001) is best effort, so several sidecars can run side by side."""
+        from runtime.grpc.server import DEFAULT_PORT, GrpcServer
+
+        options = self.options
+        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        try:
+            await server.start()
+        except OSError as exc:
+            problem = f"cannot listen on {options.host}:{server.port} for the gRPC API: {exc}"
+            if options.grpc_port is not None:
+                raise StartupError(problem) from None
+            log.warning("%s; the gRPC API is not served (pass --dapr-grpc-port to choose a port)", problem)
+            return
+        self.grpc = server
+        log.info("gRPC API on %s:%d", options.host, server.port)
+
     # --- observability -------------------------------------------------------------------------
+
+    def _in_flight(self) -> dict[tuple[str, str], int]:
+        return self.pubsub.in_flight()  # the block is replaced when components start
 
     def _app_pid(self) -> int | None:
         # `pillion run` sets it, and so do launchers that PUT it as `dapr run` does.

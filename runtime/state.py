@@ -7,12 +7,13 @@ concrete store.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 from components.metadata import MetadataError
 from components.state.base import (
@@ -33,6 +34,9 @@ from runtime.block import BlockContext, ComponentProblem, LoadedComponent
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.resiliency import Policy, Resiliency
+
+T = TypeVar("T")
 
 log = logging.getLogger("pillion")
 
@@ -44,7 +48,7 @@ CONSISTENCY = frozenset({"", "eventual", "strong"})
 
 
 def key_prefix(strategy: str, app_id: str, store_name: str) -> str:
-    """The text put before every key (Dapr's ``keyPrefix`` rules, reference section 1.1)."""
+    """The text put before every key (Dapr's ``keyPrefix`` rules, docs/state.md: Key prefixes)."""
     strategy = strategy.lower()
     if strategy == "none":
         return ""
@@ -83,10 +87,21 @@ class StoreEntry:
     name: str
     store: StateStore
     prefix: str
+    # The Resiliency policy of the component's outbound calls, if any.
+    policy: Policy | None = None
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if self.policy is None:
+            return await operation()
+        return await self.policy.run(operation, permanent=_ANSWERED)
 
 
 class OptionError(ValueError):
     """A request option the store cannot accept (bad concurrency, non-integer TTL, ...)."""
+
+
+# Answers of the store, not failures: a Resiliency policy neither retries them nor counts them.
+_ANSWERED: tuple[type[BaseException], ...] = (ETagMismatch, ETagInvalid, OptionError)
 
 
 def _ttl(metadata: Mapping[str, str]) -> int | None:
@@ -129,10 +144,13 @@ class StateBlock:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
+        self.resiliency: Resiliency | None = None
 
     @classmethod
     def create(cls, context: BlockContext) -> StateBlock:
-        return cls(context.app_id, [], context.metrics)
+        block = cls(context.app_id, [], context.metrics)
+        block.resiliency = context.resiliency
+        return block
 
     # --- the component life cycle (runtime/component_set.py) -----------------------------------
 
@@ -143,7 +161,8 @@ class StateBlock:
             prefix = key_prefix(str(component.metadata["keyPrefix"]), self.app_id, name)
         except ValueError as exc:
             raise ComponentProblem(str(exc)) from None
-        return StoreEntry(name, store, prefix)
+        policy = self.resiliency.for_component(name, "outbound", "Statestore") if self.resiliency else None
+        return StoreEntry(name, store, prefix, policy)
 
     def capabilities(self, entry: StoreEntry) -> list[str]:
         features = {str(f) for f in entry.store.features}
@@ -178,7 +197,7 @@ class StateBlock:
         store = entry.name
         check_key(entry, key)
         try:
-            return await entry.store.get(entry.prefix + key)
+            return await entry.call(lambda: entry.store.get(entry.prefix + key))
         except Exception as exc:
             self._failed(store, "get")
             raise errors.state_get_failed(store, key, exc) from exc
@@ -190,7 +209,7 @@ class StateBlock:
         if not keys:
             return []
         try:
-            return await entry.store.bulk_get([entry.prefix + key for key in keys])
+            return await entry.call(lambda: entry.store.bulk_get([entry.prefix + key for key in keys]))
         except Exception as exc:
             self._failed(store, "bulk_get")
             raise errors.state_bulk_get_failed(store, exc) from exc
@@ -220,9 +239,13 @@ class StateBlock:
         except OptionError as exc:
             raise errors.state_save_failed(store, str(exc)) from None
         if len(ops) == 1:
-            results: list[BaseException | None] = [await _capture(entry.store.set(ops[0]))]
+            results: list[BaseException | None] = [
+                await _capture(entry.call(lambda: entry.store.set(ops[0])))
+            ]
         else:
-            results = await asyncio.gather(*(entry.store.set(op) for op in ops), return_exceptions=True)
+            results = await asyncio.gather(
+                *(entry.call(functools.partial(entry.store.set, op)) for op in ops), return_exceptions=True
+            )
         failures = [r for r in results if r is not None]
         if not failures:
             return
@@ -239,7 +262,7 @@ class StateBlock:
         check_key(entry, item.key)
         try:
             op = self._delete_op(entry.prefix, item)
-            await entry.store.delete(op)
+            await entry.call(lambda: entry.store.delete(op))
         except ETagMismatch as exc:
             raise errors.state_delete_failed(item.key, str(exc), "mismatch") from None
         except ETagInvalid as exc:
@@ -268,7 +291,7 @@ class StateBlock:
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
                 for op in ops
             ]
-            await target.transact(store_ops)
+            await entry.call(lambda: target.transact(store_ops))
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key
             raise errors.state_transaction_failed(f"{exc} (key {key!r})") from None

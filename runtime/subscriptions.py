@@ -24,6 +24,7 @@ log = logging.getLogger("pillion.pubsub")
 
 DECLARATIVE = "DECLARATIVE"
 PROGRAMMATIC = "PROGRAMMATIC"
+STREAMING = "STREAMING"
 # The delivery settings a subscription's metadata may override; absent ones stay None.
 _OVERRIDES = MetadataSchema(
     (
@@ -228,6 +229,48 @@ def from_resource(resource: SubscriptionResource) -> Subscription:
         name=resource.name,
         bulk_enabled=resource.bulk_enabled,
     )
+
+
+def streaming(pubsubname: str, topic: str, metadata: dict[str, str], dead_letter_topic: str) -> Subscription:
+    """A streaming subscription of the gRPC API: every event goes to route ``/``."""
+    return _build(
+        where=f"streaming subscription {pubsubname}/{topic}",
+        pubsubname=pubsubname,
+        topic=topic,
+        rules=[("", "/")],
+        kind=STREAMING,
+        dead_letter_topic=dead_letter_topic,
+        metadata=metadata,
+        name=f"___{pubsubname}||{topic}",
+    )
+
+
+def from_grpc_app(
+    items: Iterable[tuple[str, str, dict[str, str], list[tuple[str, str]], str, str, bool]],
+) -> list[Subscription]:
+    """Subscriptions from a gRPC app's ListTopicSubscriptions: (pubsub, topic, metadata, rules,
+    default path, dead-letter topic, bulk). No routes at all means one match-all rule with an
+    empty path, as daprd does."""
+    found: dict[tuple[str, str], Subscription] = {}
+    for pubsubname, topic, metadata, rules, default, dead_letter_topic, bulk in items:
+        routed = list(rules)
+        if default:
+            routed.append(("", default))
+        if not routed:
+            routed.append(("", ""))
+        subscription = _build(
+            where=f"ListTopicSubscriptions: subscription {pubsubname}/{topic}",
+            pubsubname=pubsubname,
+            topic=topic,
+            rules=routed,
+            kind=PROGRAMMATIC,
+            dead_letter_topic=dead_letter_topic,
+            metadata=metadata,
+            bulk_enabled=bulk,
+        )
+        found.pop(subscription.key, None)
+        found[subscription.key] = subscription
+    return list(found.values())
 
 
 def _field(obj: Mapping[str, Any], name: str) -> Any:

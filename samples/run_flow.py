@@ -254,7 +254,15 @@ def state_tests(ids: dict[str, str], secret: str) -> dict[str, StateTest]:
             return f"the malformed order {bad} was shipped"
         return None
 
+    def quotes(state: dict[str, Any]) -> str | None:
+        for order_id, carrier in ((standard, "ground"), (priority, "express")):
+            quote = (state.get(f"order-{order_id}") or {}).get("quote")
+            if not quote or quote.get("carrier") != carrier or not quote.get("totalCents"):
+                return f"order-{order_id} has the quote {quote!r}, not fulfilment's {carrier} price"
+        return None
+
     return {
+        "checkout asked fulfilment for quotes by service invocation": quotes,
         f"standard order {standard}: shipped on the default route": shipped(standard, "standard"),
         f"priority order {priority}: shipped on the priority route": shipped(priority, "priority"),
         f"malformed order {bad}: dead-lettered and rejected": rejected,

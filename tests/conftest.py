@@ -66,6 +66,18 @@ def private_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["PILLION_RUN_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_pillion_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The machine-wide CA and name-resolution file of test sidecars live here, not in ~/.pillion."""
+    previous = os.environ.get("PILLION_HOME")
+    os.environ["PILLION_HOME"] = str(tmp_path_factory.mktemp("pillion-home"))
+    yield
+    if previous is None:
+        del os.environ["PILLION_HOME"]
+    else:
+        os.environ["PILLION_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from_env = os.environ.get("REDIS_URL")

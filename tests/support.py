@@ -55,6 +55,8 @@ class SidecarProcess:
     log_path: Path
     data_dir: Path
     args: list[str] = field(default_factory=list)
+    # The gRPC API's port (0 when the test chose it in extra_args).
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
@@ -95,7 +97,7 @@ def start_sidecar(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait_path: str = "/v1.0/healthz/outbound",
-    timeout: float = 20,
+    timeout: float = 60,
     open_files: int | None = None,
 ) -> SidecarProcess:
     """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise."""
@@ -120,6 +122,11 @@ def start_sidecar(
     if not any(a.startswith(("--metrics-port", "--enable-metrics")) for a in extra_args):
         # Parallel sidecars would all want 9090; a taken port is only a warning, but noise.
         args += ["--metrics-port", str(free_port())]
+    grpc_port = 0
+    if not any(a.startswith("--dapr-grpc-port") for a in extra_args):
+        # Each sidecar its own gRPC port, as for metrics: the default 50001 would be shared.
+        grpc_port = free_port()
+        args += ["--dapr-grpc-port", str(grpc_port)]
     args += extra_args
     log_path = workdir / f"sidecar-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -129,7 +136,7 @@ def start_sidecar(
         proc = subprocess.Popen(
             limit + args, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, env=full_env
         )
-    sidecar = SidecarProcess(proc, port, app_id, log_path, data_dir, args)
+    sidecar = SidecarProcess(proc, port, app_id, log_path, data_dir, args, grpc_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

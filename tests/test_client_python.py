@@ -4,6 +4,7 @@ and the Starlette subscription helper served by uvicorn as the sidecar's app."""
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -530,3 +531,25 @@ def test_the_client_builds_as_its_own_wheel(tmp_path: Path) -> None:
         "Requires-Dist: httpx>=0.27",
         'Requires-Dist: starlette>=0.37; extra == "starlette"',
     ]
+
+
+# --- the blocking client is generated from the asyncio one --------------------------------------
+
+GENERATOR = ROOT / "clients" / "python" / "generate_sync.py"
+
+
+def test_the_blocking_client_is_current() -> None:
+    """client.py is what generate_sync.py makes of aio.py: the two cannot drift apart."""
+    command = [sys.executable, str(GENERATOR), "--check"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_new_asyncio_call_becomes_a_blocking_one() -> None:
+    namespace = runpy.run_path(str(GENERATOR))
+    source = (ROOT / "clients/python/pillion_client/aio.py").read_text()
+    added = source + "\n    async def ping(self) -> None:\n        await self._http.aclose()\n"
+    generated: str = namespace["generate"](added)
+    assert generated.endswith("\n    def ping(self) -> None:\n        self._http.close()\n")
+    with pytest.raises(ValueError, match="do not convert"):
+        namespace["generate"](source + "\nasync with lock:\n    pass\n")

@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
+import re
+
 from runtime import docgen
+from tests.support import ROOT
 
 
 def test_component_reference_is_current() -> None:
     assert docgen.TARGET.read_text() == docgen.render(), (
         "docs/components.md is out of date: run `python -m runtime.docgen`"
     )
+
+
+# --- docs/architecture.md names only files that exist ---------------------------------------------
+
+_TOP = ("runtime/", "components/", "clients/", "docs/", "tests/", "samples/", "deploy/", "scripts/", "bench/")
+_CODE = re.compile(r"`([^`\s]+)`")
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def _expand(name: str) -> list[str]:
+    """``runtime/http/{state,secrets}.py`` -> the two paths."""
+    match = _BRACES.search(name)
+    if match is None:
+        return [name]
+    head, tail = name[: match.start()], name[match.end() :]
+    return [path for part in match.group(1).split(",") for path in _expand(head + part + tail)]
+
+
+def _exists(name: str) -> bool:
+    if any(ROOT.glob(name)):
+        return True
+    # `runtime/http/state.get_state`: a function in a module.
+    module, dot, _ = name.rpartition(".")
+    return bool(dot) and (ROOT / f"{module}.py").is_file()
+
+
+def test_the_architecture_map_names_files_that_exist() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = {
+        n
+        for token in _CODE.findall(text)
+        if token.startswith(_TOP) and "<" not in token
+        for n in _expand(token)
+    }
+    assert len(named) > 40
+    assert sorted(n for n in named if not _exists(n)) == []
+
+
+def test_the_architecture_map_shows_every_runtime_module() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = {n for token in _CODE.findall(text) for n in _expand(token)}
+    modules = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "runtime").rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert sorted(modules - named) == []

@@ -26,7 +26,13 @@ _SAMPLES: dict[str, list[Any]] = {
 # Answers that an errorCode enum cannot list, each named in the spec's text instead.
 _NAMED_IN_TEXT = {(500, "ERR_INTERNAL"), (500, "ERR_DIRECT_INVOKE")}
 # No HTTP route can carry an empty pubsub name (the path would not match): a gRPC-only answer.
-_GRPC_ONLY = {(404, "ERR_PUBSUB_EMPTY")}
+_GRPC_ONLY = {
+    (404, "ERR_PUBSUB_EMPTY"),
+    # DeleteBulkState has no HTTP route.
+    (400, "ERR_STATE_BULK_DELETE"),
+    (409, "ERR_STATE_BULK_DELETE"),
+    (500, "ERR_STATE_BULK_DELETE"),
+}
 
 
 def constructors() -> dict[str, Callable[..., APIError]]:
@@ -87,19 +93,32 @@ def test_errors_are_built_only_in_runtime_errors() -> None:
     assert offenders == []
 
 
-def test_every_error_has_a_grpc_status_and_error_info() -> None:
+def test_every_error_has_a_grpc_status() -> None:
     for name, error in built():
         assert error.grpc is not GrpcCode.OK, name
-        assert error.error_info.reason, name
         assert error.message, name
+        if error.details:  # daprd's rich errors always carry an ErrorInfo
+            assert error.error_info is not None, name
 
 
-def test_a_plain_error_carries_its_code_as_the_grpc_reason() -> None:
-    """daprd's gRPC API sends the errorCode as the ErrorInfo reason of errors without details."""
-    error = errors.state_get_failed("store", "k", "boom")
-    assert error.details == ()
-    assert error.error_info == ErrorInfo("ERR_STATE_GET")
-    assert errors.state_store_not_found("store", "app").error_info.reason == "DAPR_STATE_NOT_FOUND"
+def test_the_three_kinds_of_daprd_error_over_grpc() -> None:
+    """Rich errors send their details; basic ones an ErrorInfo whose reason is the errorCode
+    (and nothing over HTTP); the older ones nothing at all."""
+    basic = errors.state_get_failed("store", "k", "boom")
+    assert basic.details == ()
+    assert basic.grpc_details == (ErrorInfo("ERR_STATE_GET"),)
+    plain = errors.secret_get_failed("store", "name", "boom")
+    assert plain.details == plain.grpc_details == ()
+    rich = errors.state_illegal_key("store", "a||b")
+    assert [type(d).__name__ for d in rich.details] == ["ErrorInfo", "ResourceInfo", "BadRequest"]
+    assert [type(d).__name__ for d in rich.grpc_details] == ["BadRequest", "ResourceInfo", "ErrorInfo"]
+
+
+def test_not_found_sends_its_metadata_over_http_only() -> None:
+    error = errors.state_store_not_found("store", "app")
+    assert error.details == (ErrorInfo("DAPR_STATE_NOT_FOUND", {"appID": "app"}, metadata_over_grpc=False),)
+    assert error.error_info is not None
+    assert (error.error_info.reason, dict(error.error_info.metadata)) == ("DAPR_STATE_NOT_FOUND", {})
 
 
 def test_state_and_pubsub_errors_name_their_resource() -> None:

@@ -146,7 +146,7 @@ def known_names(path: str) -> dict[str, str]:
         return {"store": "secretstore"}
     if "/state/" in path:
         return {"store": "statestore"}
-    if "/publish/" in path:
+    if "/publish/" in path or "/deadletters/" in path:
         return {"pubsub": "pubsub"}
     return {}
 

@@ -1,4 +1,4 @@
-"""Delivery to the app (reference sections 2.4 to 2.7) on every broker in tests/pubsub_support.py.
+"""Delivery to the app (docs/pubsub.md: Subscriptions, Delivery) on every broker in tests/pubsub_support.py.
 
 One sidecar per broker serves the whole module: its app subscribes to one topic per behaviour,
 and each test publishes to its own topics. Retries are set to milliseconds (FAST_RETRIES).

@@ -1,4 +1,4 @@
-"""The publish API (reference sections 2.1 to 2.3 and 2.8) on every broker in tests/pubsub_support.py.
+"""The publish API (docs/pubsub.md: Publishing, topic scopes) on every broker in tests/pubsub_support.py.
 
 What was published is checked where it matters: in the event a real subscriber app receives.
 """
@@ -464,6 +464,11 @@ def test_bulk_publish_errors_shared_with_publish(world: World) -> None:
 def test_metadata_lists_the_pubsub_components(world: World) -> None:
     components = {c["name"]: c for c in world.api.get("/v1.0/metadata").json()["components"]}
     assert components["pubsub"]["type"] == f"pubsub.{world.kind}"
-    expected = {"in-memory": ["SUBSCRIBE_WILDCARDS"], "sqlite": ["MESSAGE_TTL"]}
+    expected = {
+        "in-memory": ["SUBSCRIBE_WILDCARDS"],
+        "sqlite": ["MESSAGE_TTL", "RETAINED_MESSAGES"],
+        "redis": ["RETAINED_MESSAGES"],
+        "jetstream": ["RETAINED_MESSAGES"],
+    }
     if world.kind in expected:
         assert components["pubsub"]["capabilities"] == expected[world.kind]

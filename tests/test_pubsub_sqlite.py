@@ -157,7 +157,7 @@ def test_the_embedded_default_is_a_durable_sqlite_pubsub(tmp_path: Path) -> None
                 "name": "pubsub",
                 "type": "pubsub.sqlite",
                 "version": "v1",
-                "capabilities": ["MESSAGE_TTL"],
+                "capabilities": ["MESSAGE_TTL", "RETAINED_MESSAGES"],
             } in (components)
             publish(sidecar.url, "hello", "world")
             assert app.wait_for(1, "/hello")[0].event["data"] == "world"

@@ -1,5 +1,5 @@
 """The secrets API through a real sidecar: local.file and local.env stores, scoping, and the
-Configuration API switches (reference sections 3 and 0.1)."""
+Configuration API switches (docs/secrets.md, docs/openapi.yaml)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""API token enforcement (reference section 6.1) and the loopback-only default."""
+"""API token enforcement (as daprd: https://docs.dapr.io/operations/security/api-token/) and the
+loopback-only default."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """State API conformance: one suite, run against a real sidecar process for every store.
 
-Covers the checklist of components.md section 4a and the error table of the HTTP contract
-(dapr-http-api.md sections 1, 8 and 9).
+Covers the state API and its errors as docs/openapi.yaml and docs/state.md describe them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ backoff and dead-lettering are the runtime's job, inside the handler.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Protocol
@@ -24,6 +24,9 @@ class PubSubFeature(StrEnum):
     # The broker drops a message whose TTL ran out by itself (the runtime then needs no
     # ``expiration`` field in the envelope).
     MESSAGE_TTL = "MESSAGE_TTL"
+    # The broker keeps a topic's messages where they can be listed and deleted one by one
+    # (:class:`RetainedMessages`): what lets an operator inspect, replay and purge dead letters.
+    RETAINED_MESSAGES = "RETAINED_MESSAGES"
 
 
 _GO_ZERO = re.compile(r"^[-+]?0$")
@@ -80,6 +83,18 @@ class SubscribeOptions:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RetainedMessage:
+    """A message a broker still holds on a topic."""
+
+    id: str
+    topic: str
+    data: bytes
+    metadata: dict[str, str]
+    # When the broker stored it, Unix time.
+    published: float
+
+
 class Subscription(Protocol):
     async def close(self) -> None:
         """Stop taking new messages and wait for the handlers in flight to finish."""
@@ -93,3 +108,20 @@ class PubSub(Component, Protocol):
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> Subscription:
         """Start consuming ``topic`` for this app (consumer group = app id)."""
+
+
+class RetainedMessages(Protocol):
+    """Brokers with ``RETAINED_MESSAGES``: a topic's stored messages, listed and deleted by id.
+
+    Only what the broker holds durably is listed; a message handed to a consumer may still be
+    listed until it is acknowledged (or longer, for brokers that keep acknowledged messages).
+    """
+
+    async def retained(self, topic: str, limit: int) -> list[RetainedMessage]:
+        """Up to ``limit`` messages on ``topic``, oldest first."""
+
+    async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
+        """One message by the id :meth:`retained` gave it; None when it is not there (any more)."""
+
+    async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
+        """Delete these messages from ``topic``; how many were there to delete."""

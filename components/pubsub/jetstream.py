@@ -25,13 +25,14 @@ import contextlib
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
-from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.base import Handler, Message, PubSubFeature, RetainedMessage, SubscribeOptions
 from components.pubsub.handlers import wait_for_handlers
 from components.pubsub.naming import expand_consumer_id, safe_name
 
@@ -218,7 +219,8 @@ def _metadata_of(msg: Msg) -> dict[str, str]:
 
 class JetStreamPubSub:
     schema: ClassVar[MetadataSchema] = _SCHEMA
-    features: ClassVar[frozenset[PubSubFeature]] = frozenset()
+    # A stream keeps its messages by its limits, whoever acknowledged them.
+    features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.RETAINED_MESSAGES})
 
     def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
         if metadata["jwt"] or metadata["seedKey"]:
@@ -453,6 +455,71 @@ class JetStreamPubSub:
             await self.stream_for(subject)
             self._stored_subjects.add(subject)
             await js.publish(subject, data, headers=headers or None)
+
+    # --- retained messages (RETAINED_MESSAGES) ------------------------------------------------
+
+    async def _stored_in(self, topic: str) -> str | None:
+        """The stream holding ``topic``; None when there is none (nothing was ever published)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            return self.stream_name or await self._jetstream().find_stream_name_by_subject(
+                self.subject(topic)
+            )
+        except NotFoundError:
+            return None
+
+    async def _stream_message(
+        self, stream: str, topic: str, seq: int, following: bool
+    ) -> RetainedMessage | None:
+        """The message ``seq`` on the topic's subject, or with ``following`` the first from ``seq`` on."""
+        from nats.js.errors import NotFoundError
+
+        subject = self.subject(topic)
+        try:
+            if following:
+                raw = await self._jetstream().get_msg(stream, seq, subject=subject, next=True)
+            else:
+                raw = await self._jetstream().get_msg(stream, seq)
+        except NotFoundError:
+            return None
+        if raw.subject != subject or raw.seq is None:
+            return None
+        headers = {
+            k: v for k, v in (raw.headers or {}).items() if not k.lower().startswith(_NATS_HEADER_PREFIX)
+        }
+        published = raw.time.timestamp() if raw.time is not None else 0.0
+        return RetainedMessage(str(raw.seq), topic, raw.data or b"", headers, published)
+
+    async def retained(self, topic: str, limit: int) -> list[RetainedMessage]:
+        stream = await self._stored_in(topic)
+        found: list[RetainedMessage] = []
+        seq = 1
+        while stream is not None and len(found) < limit:
+            message = await self._stream_message(stream, topic, seq, following=True)
+            if message is None:
+                break
+            found.append(message)
+            seq = int(message.id) + 1
+        return found
+
+    async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
+        stream = await self._stored_in(topic)
+        if stream is None or not (message_id.isascii() and message_id.isdigit()):
+            return None
+        if not 1 <= int(message_id) < 2**64:  # a stream sequence is a uint64
+            return None
+        return await self._stream_message(stream, topic, int(message_id), following=False)
+
+    async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
+        stream = await self._stored_in(topic)
+        deleted = 0
+        for message_id in message_ids:
+            # Only this topic's messages: the stream may hold other subjects too.
+            if stream is not None and await self.retained_message(topic, message_id) is not None:
+                await self._jetstream().delete_msg(stream, int(message_id))
+                deleted += 1
+        return deleted
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> PullSubscription:
         from nats.js.errors import BadRequestError

@@ -43,7 +43,7 @@ from redis.typing import EncodableT, FieldT, StreamEntry, StreamIdT
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
-from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions
+from components.pubsub.base import Handler, Message, PubSubFeature, RetainedMessage, SubscribeOptions
 from components.pubsub.handlers import CONCURRENCY_FIELD
 from components.pubsub.naming import expand_consumer_id
 from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
@@ -106,13 +106,43 @@ _STREAM_FIELDS = MetadataSchema(
 )
 
 
+_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def _entry_id(text: str) -> bool:
+    """Whether ``text`` can be a stream entry id (two 64-bit numbers)."""
+    return bool(_ENTRY_ID.match(text)) and all(int(part) < 2**64 for part in text.split("-"))
+
+
+def _fields_message(fields: dict[Any, Any], describe: str, pubsub: str) -> tuple[bytes, dict[str, str]]:
+    """A stream entry's ``data`` and ``metadata`` fields, as Dapr frames them."""
+    metadata: dict[str, str] = {}
+    raw_metadata = fields.get(b"metadata")
+    if raw_metadata:
+        try:
+            decoded = json.loads(raw_metadata)
+            metadata = {str(k): str(v) for k, v in decoded.items()}
+        except (ValueError, AttributeError):
+            log.warning("pubsub %s: message %s has unreadable metadata; ignoring it", pubsub, describe)
+    data = fields.get(b"data", b"")
+    return (data if isinstance(data, bytes) else data.encode()), metadata
+
+
+def _retained(pubsub: str, topic: str, entry_id: bytes | str, fields: dict[Any, Any]) -> RetainedMessage:
+    text_id = _text(entry_id)
+    data, metadata = _fields_message(fields, f"{text_id} on {topic!r}", pubsub)
+    # An entry id starts with the milliseconds at which Redis stored it.
+    return RetainedMessage(text_id, topic, data, metadata, int(text_id.split("-")[0]) * _MS)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisPubSub:
     schema: ClassVar[MetadataSchema] = CONNECTION_FIELDS + _STREAM_FIELDS
-    features: ClassVar[frozenset[PubSubFeature]] = frozenset()
+    # A stream keeps its entries after every group acknowledged them (until trimmed).
+    features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.RETAINED_MESSAGES})
 
     def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
         self.settings = RedisSettings.from_metadata(metadata)
@@ -191,6 +221,29 @@ class RedisPubSub:
             # Entries older than the TTL go; "-1" keeps an entry added in that very millisecond.
             trim = {"minid": f"{int(time.time() * 1000) - self._stream_ttl_ms}-1", "approximate": True}
         await self._redis().xadd(topic, fields, **trim)
+
+    # --- retained messages (RETAINED_MESSAGES) ------------------------------------------------
+
+    async def _range(self, topic: str, first: str, last: str, count: int | None) -> list[RetainedMessage]:
+        found = await self._redis().xrange(topic, first, last, count=count) or []
+        return [
+            _retained(self.name, topic, entry_id, fields)
+            for entry_id, fields in found
+            if entry_id is not None and fields is not None
+        ]
+
+    async def retained(self, topic: str, limit: int) -> list[RetainedMessage]:
+        return await self._range(topic, "-", "+", limit)
+
+    async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
+        if not _entry_id(message_id):
+            return None
+        found = await self._range(topic, message_id, message_id, None)
+        return found[0] if found else None
+
+    async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
+        valid = [m for m in message_ids if _entry_id(m)]
+        return int(await self._redis().xdel(topic, *valid)) if valid else 0
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> StreamSubscription:
         client = self._redis()
@@ -400,21 +453,8 @@ class StreamSubscription:
     # --- handling -----------------------------------------------------------------------------
 
     def _message(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> Message:
-        metadata: dict[str, str] = {}
-        raw_metadata = fields.get(b"metadata")
-        if raw_metadata:
-            try:
-                decoded = json.loads(raw_metadata)
-                metadata = {str(k): str(v) for k, v in decoded.items()}
-            except (ValueError, AttributeError):
-                log.warning(
-                    "pubsub %s: message %s on %r has unreadable metadata; ignoring it",
-                    self.owner.name,
-                    entry_id,
-                    self.topic,
-                )
-        data = fields.get(b"data", b"")
-        return Message(self.topic, data if isinstance(data, bytes) else data.encode(), metadata, entry_id)
+        data, metadata = _fields_message(fields, f"{entry_id} on {self.topic!r}", self.owner.name)
+        return Message(self.topic, data, metadata, entry_id)
 
     async def _handle(self, entry_id: str, fields: dict[bytes | str, bytes | str]) -> None:
         try:

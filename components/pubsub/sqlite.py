@@ -27,14 +27,21 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
 from components.periodic import sweep_forever
-from components.pubsub.base import Handler, Message, PubSubFeature, SubscribeOptions, message_ttl
+from components.pubsub.base import (
+    Handler,
+    Message,
+    PubSubFeature,
+    RetainedMessage,
+    SubscribeOptions,
+    message_ttl,
+)
 from components.sqlite_common import SQLiteDatabase, database_fields
 
 log = logging.getLogger("pillion.pubsub.sqlite")
@@ -107,7 +114,9 @@ class SQLitePubSub:
             *database_fields(busy_timeout=5.0),
         )
     )
-    features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.MESSAGE_TTL})
+    features: ClassVar[frozenset[PubSubFeature]] = frozenset(
+        {PubSubFeature.MESSAGE_TTL, PubSubFeature.RETAINED_MESSAGES}
+    )
 
     def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
         prefix: str = metadata["tablePrefix"]
@@ -195,6 +204,15 @@ class SQLitePubSub:
             f"DELETE FROM {m} WHERE (expires_at IS NOT NULL AND expires_at <= ?) OR published_at < ?"
         )
         self._sql_orphans = f"DELETE FROM {q} WHERE message_id NOT IN (SELECT id FROM {m})"
+        live = "topic = ? AND (expires_at IS NULL OR expires_at > ?)"
+        self._sql_retained = (
+            f"SELECT id, topic, data, metadata, published_at FROM {m} WHERE {live} ORDER BY id LIMIT ?"
+        )
+        self._sql_retained_one = (
+            f"SELECT id, topic, data, metadata, published_at FROM {m} WHERE {live} AND id = ?"
+        )
+        self._sql_delete_retained = f"DELETE FROM {m} WHERE topic = ? AND id = ?"
+        self._sql_forget_pending = f"DELETE FROM {q} WHERE message_id = ?"
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -244,6 +262,46 @@ class SQLitePubSub:
         for subscription in self._subscriptions:
             if subscription.topic == topic:
                 subscription.wake()
+
+    # --- retained messages (RETAINED_MESSAGES) ------------------------------------------------
+
+    @staticmethod
+    def _retained_row(row: tuple[Any, ...]) -> RetainedMessage:
+        return RetainedMessage(str(row[0]), row[1], bytes(row[2]), json.loads(row[3]), row[4])
+
+    def _retained_sync(self, topic: str, limit: int) -> list[RetainedMessage]:
+        rows = self._database.connection().execute(self._sql_retained, (topic, time.time(), limit))
+        return [self._retained_row(row) for row in rows.fetchall()]
+
+    def _retained_one_sync(self, topic: str, message_id: int) -> RetainedMessage | None:
+        rows = self._database.connection().execute(self._sql_retained_one, (topic, time.time(), message_id))
+        row = rows.fetchone()
+        return None if row is None else self._retained_row(row)
+
+    def _delete_retained_sync(self, topic: str, message_ids: list[int]) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            deleted = 0
+            for message_id in message_ids:
+                gone: int = db.execute(self._sql_delete_retained, (topic, message_id)).rowcount
+                if gone:
+                    db.execute(self._sql_forget_pending, (message_id,))
+                deleted += gone
+            return deleted
+
+        return self._transaction(delete)
+
+    async def retained(self, topic: str, limit: int) -> list[RetainedMessage]:
+        return await self._database.run(self._retained_sync, topic, limit)
+
+    async def retained_message(self, topic: str, message_id: str) -> RetainedMessage | None:
+        number = _row_id(message_id)
+        if number is None:
+            return None
+        return await self._database.run(self._retained_one_sync, topic, number)
+
+    async def delete_retained(self, topic: str, message_ids: Sequence[str]) -> int:
+        numbers = [n for n in map(_row_id, message_ids) if n is not None]
+        return await self._database.run(self._delete_retained_sync, topic, numbers) if numbers else 0
 
     # --- subscribe ----------------------------------------------------------------------------
 
@@ -381,6 +439,11 @@ class SQLitePubSub:
         await sweep_forever(
             lambda: self._database.run(self._sweep_sync), self._cleanup_every, "expired messages", log
         )
+
+
+def _row_id(text: str) -> int | None:
+    """A message id as listed (a row id), or None for text that cannot be one."""
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**63 else None
 
 
 class _Subscription:

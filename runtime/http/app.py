@@ -12,8 +12,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import APIError, direct_invoke_failed, direct_invoke_missing_app_id, internal
-from runtime.http import pubsub, runtime_api, secrets, state
+from runtime.errors import APIError, internal
+from runtime.http import admin, invoke, pubsub, runtime_api, secrets, state
 from runtime.http.auth import TokenMiddleware
 from runtime.http.request_metrics import RequestMetricsMiddleware
 from runtime.http.trace_context import TraceContextMiddleware
@@ -84,16 +84,10 @@ async def _not_http(app: ASGIApp, scope: Scope, receive: Receive, send: Send) ->
         log.debug("refused a connection of type %r: the API serves HTTP only", scope["type"])
 
 
-async def fallback(request: Request) -> Response:
-    """Unknown paths and wrong methods land here, as service invocation does in daprd."""
-    target = request.headers.get("dapr-app-id")
-    if not target:
-        return error_response(direct_invoke_missing_app_id())
-    return error_response(direct_invoke_failed(target, "service invocation is not available in Pillion"))
-
-
 async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
-    response = await fallback(Request(scope, receive))
+    """Unknown paths and wrong methods land here: service invocation, as in daprd (the
+    ``dapr-app-id`` header form, else 404 ``ERR_DIRECT_INVOKE``)."""
+    response = await invoke.invoke(Request(scope, receive))
     await response(scope, receive, send)
 
 
@@ -181,6 +175,12 @@ def runtime_routes() -> list[BaseRoute]:
     ]
 
 
+def invoke_routes() -> list[BaseRoute]:
+    # Other verbs reach the same endpoint through the fallback.
+    verbs = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return [route("/invoke/{appId}/method/{method:path}", invoke.invoke, verbs)]
+
+
 def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) -> ASGIApp:
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         APIError: _api_error,
@@ -188,7 +188,17 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         ClientDisconnect: _client_gone,
         Exception: _unexpected,
     }
-    routes = state_routes() + pubsub_routes() + runtime_routes() + secrets_routes() + (extra_routes or [])
+    # Invocation first: its calls go through the whole app again on the target, and a route
+    # missed costs every request the others' matching.
+    routes = (
+        invoke_routes()
+        + state_routes()
+        + pubsub_routes()
+        + runtime_routes()
+        + secrets_routes()
+        + (extra_routes or [])
+    )
+    routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
     # Configuration spec.api switches APIs off by not registering them, as daprd does.
     config = sidecar.configuration
     routes = [r for r in routes if _served(config, r)]
@@ -205,5 +215,20 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         # Inside the path cleaning, so the block is read from the clean path; outside the token
         # check, so rejected calls are counted too.
         guarded = RequestMetricsMiddleware(guarded, sidecar.metrics)
+    if sidecar.options.api_logging:
+        guarded = _api_logging(guarded)
     # Every response but the health probes' carries the request's traceparent.
     return DaprPathMiddleware(TraceContextMiddleware(guarded, sidecar.tracer))
+
+
+def _api_logging(app: ASGIApp) -> ASGIApp:
+    """--enable-api-logging: a line per call, as daprd's ``HTTP API Called`` (no query: it may hold
+    metadata values)."""
+    api_log = logging.getLogger("pillion.api")
+
+    async def logged(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            api_log.info("HTTP API Called: %s %s", scope["method"], scope["path"])
+        await app(scope, receive, send)
+
+    return logged

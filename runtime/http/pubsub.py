@@ -1,4 +1,4 @@
-"""Publish endpoints (reference sections 2.1 and 2.3): parse Dapr's wire format, call the pubsub block."""
+"""Publish endpoints (docs/openapi.yaml, docs/pubsub.md): parse Dapr's wire format, call the pubsub block."""
 
 from __future__ import annotations
 

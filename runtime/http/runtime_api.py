@@ -1,4 +1,4 @@
-"""Runtime endpoints (reference section 5): health and metadata."""
+"""Runtime endpoints (docs/openapi.yaml, docs/lifecycle.md): health and metadata."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Secrets endpoints (reference section 3): parse Dapr's wire format, call the secrets block."""
+"""Secrets endpoints (docs/openapi.yaml, docs/secrets.md): Dapr's wire format in, the secrets block called."""
 
 from __future__ import annotations
 

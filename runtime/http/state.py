@@ -1,4 +1,4 @@
-"""State endpoints (reference section 1): parse Dapr's wire format, call the state block."""
+"""State endpoints (docs/openapi.yaml, docs/state.md): parse Dapr's wire format, call the state block."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 // "orders" for fulfilment; records the shipments fulfilment announces on "shipments".
 //
 //   POST /orders      {"id": "1", "item": "book", "qty": 2, "priority": false}
-//                     201 the stored order; 409 when an order with that id exists; 400 no usable id
+//                     201 the stored order, with fulfilment's quote (asked by service invocation;
+//                     null when fulfilment gave none); 409 when an order with that id exists;
+//                     400 no usable id
 //   GET  /orders/:id  200 {"order": {...}, "etag": "...", "shipment": {...} | null}; 404 unknown id
 //
 // Checkout checks only what it needs to store an order (its id). Whether an order can be shipped
@@ -17,6 +19,7 @@ const VALID_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const MAX_BODY = 64 * 1024;
 
 const dapr = new DaprClient();
+const QUOTE_TIMEOUT_MS = 5000;
 
 const isConflict = (error) => error instanceof DaprError && error.status === 409;
 
@@ -60,6 +63,26 @@ async function readJSON(request) {
   return JSON.parse(Buffer.concat(chunks).toString('utf8'));
 }
 
+// Fulfilment's price for the order, asked through the sidecar (service invocation): the sidecar
+// finds fulfilment's sidecar, which calls GET /quote on fulfilment. null when there is none.
+async function askQuote(order) {
+  const query = new URLSearchParams({
+    item: String(order.item ?? ''),
+    qty: String(order.qty ?? ''),
+    priority: String(order.priority),
+  });
+  try {
+    const answer = await dapr.request('GET', '/v1.0/invoke/fulfilment/method/quote', {
+      query,
+      signal: AbortSignal.timeout(QUOTE_TIMEOUT_MS),
+    });
+    return await answer.json();
+  } catch (error) {
+    console.error(`order ${order.id}: no quote from fulfilment: ${error.message}`);
+    return null;
+  }
+}
+
 async function createOrder(request, response) {
   let body;
   try {
@@ -76,7 +99,8 @@ async function createOrder(request, response) {
   }
   // priority is always a boolean on the topic, so fulfilment's routing rule never meets a gap.
   const published = { id, item: body.item, qty: body.qty, priority: body.priority === true };
-  const order = { ...published, status: 'accepted', acceptedAt: new Date().toISOString() };
+  const quote = await askQuote(published);
+  const order = { ...published, quote, status: 'accepted', acceptedAt: new Date().toISOString() };
   const key = `order-${id}`;
   try {
     await dapr.state.save(STORE, { key, value: order, options: { concurrency: 'first-write' } });
@@ -92,7 +116,8 @@ async function createOrder(request, response) {
     console.error(`order ${id}: publishing failed: ${error.message}`);
     return send(response, 503, { error: 'the order could not be passed on; try again' });
   }
-  console.log(`order ${id} accepted: ${body.qty} x ${body.item}${published.priority ? ' (priority)' : ''}`);
+  const price = quote ? `, quoted ${quote.totalCents / 100} ${quote.currency}` : '';
+  console.log(`order ${id} accepted: ${body.qty} x ${body.item}${published.priority ? ' (priority)' : ''}${price}`);
   send(response, 201, order, { location: `/orders/${id}` });
 }
 

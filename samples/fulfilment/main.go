@@ -11,6 +11,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -187,6 +189,39 @@ func (f *fulfilment) deadLetter(ctx context.Context, event *pillion.TopicEvent) 
 	return pillion.Success
 }
 
+// unitPrices are in cents; an item not listed costs the default.
+var unitPrices = map[string]int{"book": 1250, "pen": 199, "lamp": 3490}
+
+const defaultUnitPrice = 999
+
+// quote answers GET /quote?item=book&qty=2&priority=true with the price and the carrier fulfilment
+// would use. Checkout asks for it by service invocation before it accepts an order; the caller's
+// app id arrives in the dapr-caller-app-id header the sidecar adds.
+func quote(w http.ResponseWriter, r *http.Request) {
+	query := r.URL.Query()
+	qty, err := strconv.Atoi(query.Get("qty"))
+	item := query.Get("item")
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil || qty < 1 || item == "" {
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "item and a positive qty are needed"})
+		return
+	}
+	unit, ok := unitPrices[item]
+	if !ok {
+		unit = defaultUnitPrice
+	}
+	carrier, shipping := "ground", 500
+	if query.Get("priority") == "true" {
+		carrier, shipping = "express", 1500
+	}
+	log.Printf("quote for %s: %d x %s by %s", r.Header.Get("dapr-caller-app-id"), qty, item, carrier)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"item": item, "qty": qty, "carrier": carrier, "currency": "EUR",
+		"totalCents": unit*qty + shipping,
+	})
+}
+
 func main() {
 	log.SetFlags(0)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -223,7 +258,10 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	server := &http.Server{Handler: sub, ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/quote", quote) // called by checkout through service invocation
+	mux.Handle("/", sub)
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -65,7 +65,7 @@ export async function freePort() {
  * Start `python -m runtime serve` with the given resource files and wait until it is ready:
  * GET /v1.0/healthz/outbound = 204, or with an app port (unless `waitForApp` is false)
  * GET /v1.0/healthz = 204, the app's subscriptions being loaded by then.
- * Returns {port, url, dir, log(), stop()}.
+ * With `grpcPort` the gRPC API listens there. Returns {port, grpcPort, url, dir, log(), stop()}.
  */
 export async function startSidecar({
   appId = 'nodetest',
@@ -74,6 +74,7 @@ export async function startSidecar({
   waitForApp = true,
   env = {},
   files = {},
+  grpcPort,
 } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'pillion-node-'));
   const resourcesDir = path.join(dir, 'resources');
@@ -84,6 +85,7 @@ export async function startSidecar({
   const args = ['-m', 'runtime', 'serve', '--app-id', appId, '--dapr-http-port', String(port)];
   args.push('--resources-path', resourcesDir, '--data-dir', path.join(dir, 'data'));
   if (appPort) args.push('--app-port', String(appPort));
+  if (grpcPort) args.push('--dapr-grpc-port', String(grpcPort));
   const logPath = path.join(dir, 'sidecar.log');
   const out = openSync(logPath, 'w');
   const child = spawn(pythonPath(), args, {
@@ -113,7 +115,7 @@ export async function startSidecar({
     try {
       const ready = appPort && waitForApp ? '/v1.0/healthz' : '/v1.0/healthz/outbound';
       const response = await fetch(url + ready, { signal: AbortSignal.timeout(1000) });
-      if (response.status === 204) return { port, url, dir, log, stop };
+      if (response.status === 204) return { port, grpcPort, url, dir, log, stop };
     } catch {
       // not listening yet
     }

@@ -1,3 +1,4 @@
+# Generated from aio.py by clients/python/generate_sync.py: edit aio.py, then run it.
 """The blocking client."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""``pillion dashboard``: a web page over every sidecar on the machine (docs/dashboard.md)."""
