@@ -50,7 +50,8 @@ RATE = 1000
 CONNECTIONS = 16
 GOAL_PUBLISH_P50_MS = 0.6
 GOAL_E2E_P50_MS = 2.0
-GOAL_DELIVERY_RATIO = 0.5
+GOAL_E2E_P99_MS = 10.0  # issue 11
+GOAL_DELIVERY_RATIO = 0.7  # issue 11 (issue 3 asked for 0.5)
 BODY = b'{"orderId":42,"item":"book","qty":2}'
 BULK_BATCH = 500
 
@@ -254,7 +255,7 @@ def broker_pair(
         f"{client} direct",
         e2e_direct,
         e2e,
-        goals_ms={"p50": GOAL_E2E_P50_MS},
+        goals_ms={"p50": GOAL_E2E_P50_MS, "p99": GOAL_E2E_P99_MS},
     )
     rows.append(
         ratio_row(

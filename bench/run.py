@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import charts, dashboard, grpc, invoke, lifecycle, pubsub, report, scaling, state
+from bench import blocks, charts, cpu, dashboard, grpc, invoke, lifecycle, pubsub, report, scaling, state
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -57,6 +57,7 @@ def scaling_section(settings: Settings, services: Services) -> SectionResult:
 SECTIONS: dict[str, Section] = {
     "lifecycle.serve": lifecycle.serve,
     "lifecycle.run": lifecycle.run,
+    "cpu": cpu.section,
     "state.latency": state.latency,
     "state.redis": state.redis,
     "state.postgresql": state.postgresql,
@@ -68,6 +69,9 @@ SECTIONS: dict[str, Section] = {
     "grpc.models": grpc.models,
     "grpc.stream": grpc.stream,
     "scaling": scaling_section,
+    "blocks.binding_http": blocks.binding_http,
+    "blocks.lock_redis": blocks.lock_redis,
+    "blocks.configuration": blocks.configuration,
     "dashboard": dashboard.section,
 }
 

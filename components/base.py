@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -18,6 +18,8 @@ class ComponentContext:
     data_dir: Path
     # Folder of the resource file, so relative paths in metadata resolve against it.
     resource_dir: Path
+    # Where the embedded stores shared by every app live (~/.pillion, or --data-dir).
+    shared_dir: Path = field(default_factory=lambda: Path.home() / ".pillion")
 
 
 class Component(Protocol):

@@ -22,6 +22,18 @@ _COMPONENTS: dict[str, str] = {
     "pubsub.jetstream": "components.pubsub.jetstream:JetStreamPubSub",
     "pubsub.rabbitmq": "components.pubsub.rabbitmq:RabbitMQPubSub",
     "pubsub.mqtt3": "components.pubsub.mqtt3:MQTTPubSub",
+    "bindings.cron": "components.bindings.cron:CronBinding",
+    "bindings.http": "components.bindings.http:HTTPBinding",
+    "bindings.localstorage": "components.bindings.localstorage:LocalStorageBinding",
+    "bindings.postgresql": "components.bindings.postgresql:PostgreSQLBinding",
+    "bindings.postgres": "components.bindings.postgresql:PostgreSQLBinding",
+    "bindings.rabbitmq": "components.bindings.rabbitmq:RabbitMQBinding",
+    "bindings.redis": "components.bindings.redis:RedisBinding",
+    "configuration.redis": "components.configuration.redis:RedisConfigurationStore",
+    "configuration.postgresql": "components.configuration.postgresql:PostgreSQLConfigurationStore",
+    "configuration.postgres": "components.configuration.postgresql:PostgreSQLConfigurationStore",
+    "lock.redis": "components.lock.redis:RedisLockStore",
+    "lock.sqlite": "components.lock.sqlite:SQLiteLockStore",
     "nameresolution.sqlite": "components.nameresolution.sqlite:SQLiteNameResolver",
     "nameresolution.redis": "components.nameresolution.redis:RedisNameResolver",
     "nameresolution.kubernetes": "components.nameresolution.kubernetes:KubernetesNameResolver",
@@ -30,6 +42,14 @@ _COMPONENTS: dict[str, str] = {
 
 def known_types() -> list[str]:
     return sorted(_COMPONENTS)
+
+
+def implements_block(block: str) -> bool:
+    """Whether Pillion has the building block at all (``lock`` for ``lock.redis``)."""
+    return block in _BLOCKS
+
+
+_BLOCKS = frozenset(name.split(".", 1)[0] for name in _COMPONENTS)
 
 
 def component_class(type_name: str) -> Any | None:

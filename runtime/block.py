@@ -9,11 +9,13 @@ is how a hot reload swaps or removes one. It knows nothing of transports, files 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from components.base import Component
+    from runtime.app_channel import AppChannel
     from runtime.configuration import Configuration
     from runtime.metrics import Metrics
     from runtime.resiliency import Resiliency
@@ -46,6 +48,8 @@ class BlockContext:
     configuration: Configuration
     metrics: Metrics | None = None
     tracer: Tracer | None = None
+    # The channel to the app (made on first use); None without --app-port.
+    app_channel: Callable[[], AppChannel] | None = None
     # kind: Resiliency resources: policies for component targets (docs/invocation.md).
     resiliency: Resiliency | None = None
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import TypeVar, cast
 
+from runtime.bindings import BindingsBlock
 from runtime.block import BlockContext, BuildingBlock
+from runtime.config_api import ConfigurationAPIBlock
+from runtime.lock import LockBlock
 from runtime.pubsub import PubSubBlock
 from runtime.secrets import SecretsBlock
 from runtime.state import StateBlock
 
-REGISTERED: tuple[type[BuildingBlock], ...] = (StateBlock, PubSubBlock, SecretsBlock)
+REGISTERED: tuple[type[BuildingBlock], ...] = (
+    StateBlock,
+    PubSubBlock,
+    SecretsBlock,
+    BindingsBlock,
+    LockBlock,
+    ConfigurationAPIBlock,
+)
 
 B = TypeVar("B")
 
@@ -26,6 +36,9 @@ class Blocks:
     def for_kind(self, kind: str) -> BuildingBlock | None:
         """The block serving components of ``kind`` (``state`` for ``state.redis``)."""
         return self._by_kind.get(kind)
+
+    def all(self) -> list[BuildingBlock]:
+        return list(self._by_kind.values())
 
     def get(self, block_type: type[B]) -> B:
         """The block of that class; how a transport finds the block its routes call."""

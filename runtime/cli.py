@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from runtime.dashboard import cli as dashboard_cli
 from runtime.http.connections import RESERVED_DESCRIPTORS, ConnectionLimits, raise_open_file_limit
 from runtime.jsonlog import JsonFormatter
 from runtime.resources import ResourceError
-from runtime.run import run
+from runtime.run import free_port, run
 from runtime.service_invocation import InvocationOptions
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
@@ -135,7 +134,11 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     parser.add_argument(
         "--max-body-size", type=parse_size, default=parse_size("4Mi"), help="request body limit (4Mi)"
     )
-    parser.add_argument("--data-dir", type=Path, help="where embedded stores live (~/.pillion/<app-id>)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the embedded default stores live (default ~/.pillion, shared by all apps)",
+    )
     parser.add_argument(
         *short("--config", "-c"),
         type=Path,
@@ -364,7 +367,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
             args.http_read_header_timeout, args.http_read_body_timeout, args.http_max_connections
         ),
         grpc_port=args.dapr_grpc_port,
-        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
+        app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
     )
@@ -460,7 +463,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
     if args.dapr_grpc_port is None:
-        args.dapr_grpc_port = free_port()
+        args.dapr_grpc_port = 0  # bound by the OS when the server starts: no race for a free port
     if args.metrics_port is None:
         args.metrics_port = free_port()
     label = f" - {args.output_label}" if args.output_label else ""
@@ -513,13 +516,6 @@ def certs(args: argparse.Namespace) -> int:
     print(f"pillion: CA for trust domain {args.trust_domain!r} written to {path} (key beside it, mode 0600)")
     print("pillion: copy this folder to every host whose sidecars should call each other (--ca-dir)")
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,11 @@ decodes with ``UseNumber``), so ``1.10`` or a 30-digit integer travel unchanged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import re
-import uuid
+import time
 from datetime import UTC, datetime, timedelta
 from random import getrandbits
 from typing import Any
@@ -106,6 +107,9 @@ def _reject_constant(name: str) -> Any:
 
 
 _PRECISE = json.JSONDecoder(parse_float=_float, parse_int=_int, parse_constant=_reject_constant)
+# Integers read in C: exact too, but for "-0" (checked for first) and integers too long for
+# Python's int (an error, on which _PRECISE reads the body again).
+_PRECISE_FAST = json.JSONDecoder(parse_float=_float, parse_constant=_reject_constant)
 _PLAIN = json.JSONDecoder(parse_constant=_reject_constant)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -123,6 +127,9 @@ def _first_value(decoder: json.JSONDecoder, body: bytes) -> Any:
 
 def decode_precise(body: bytes) -> Any:
     """The first JSON value in ``body``, numbers kept exactly; ``ValueError`` if there is none."""
+    if b"-0" not in body:
+        with contextlib.suppress(ValueError):
+            return _first_value(_PRECISE_FAST, body)
     return _first_value(_PRECISE, body)
 
 
@@ -148,15 +155,20 @@ def _refuse(value: Any) -> Any:
     raise _NeedsExactEncoding
 
 
+_GO_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse)
+
+
 def encode(value: Any) -> bytes:
     """``value`` as Go's json.Marshal writes it."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse)
+        text = _GO_JSON.encode(value)
     except _NeedsExactEncoding:
         parts: list[str] = []
         _encode_exact(value, parts)
         text = "".join(parts)
-    return text.translate(_HTML_ESCAPES).encode("utf-8")
+    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
+        text = text.translate(_HTML_ESCAPES)
+    return text.encode("utf-8")
 
 
 def _encode_exact(value: Any, out: list[str]) -> None:
@@ -237,10 +249,25 @@ def child_traceparent(parent: str | None) -> str:
 # --- envelopes --------------------------------------------------------------------------------
 
 
+_clock: list[Any] = [-1, ""]  # the whole second last formatted, and its text
+
+
 def _now_rfc3339() -> str:
-    # Go's time.Now().Format(time.RFC3339): local offset, whole seconds, "Z" for UTC.
-    text = datetime.now().astimezone().replace(microsecond=0).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    # Go's time.Now().Format(time.RFC3339): local offset, whole seconds, "Z" for UTC. Formatted
+    # once a second: every publish in that second carries the same text.
+    second = int(time.time())
+    if second != _clock[0]:
+        text = datetime.fromtimestamp(second).astimezone().isoformat()
+        _clock[:] = [second, text[:-6] + "Z" if text.endswith("+00:00") else text]
+    return str(_clock[1])
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID in its text form. ``random`` rather than ``uuid.uuid4``'s
+    os.urandom, as for span ids: ids must be unique, not secret, and this is per message."""
+    bits = getrandbits(128) & ~(0xF000 << 64 | 0xC000 << 48) | (0x4000 << 64 | 0x8000 << 48)
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _overrides(metadata: dict[str, str]) -> dict[str, str]:
@@ -271,7 +298,7 @@ def new_envelope(
         trace_id = override["traceparent"]
     content_type = content_type or DEFAULT_DATA_CONTENT_TYPE
     envelope: dict[str, Any] = {
-        "id": override.get("id") or str(uuid.uuid4()),
+        "id": override.get("id") or new_event_id(),
         "specversion": SPEC_VERSION,
         "datacontenttype": content_type,
         "source": override.get("source", app_id) or DEFAULT_SOURCE,
@@ -297,6 +324,93 @@ def new_envelope(
     return envelope
 
 
+def encode_new_envelope(
+    *,
+    app_id: str,
+    topic: str,
+    pubsub: str,
+    content_type: str,
+    data: bytes,
+    traceparent: str,
+    tracestate: str,
+    metadata: dict[str, str],
+    expiration: str | None = None,
+) -> bytes:
+    """``encode(new_envelope(...))`` (with ``expiration`` set when given), in one JSON encode: the
+    body's value is encoded once and set into the envelope, whose other fields are mostly fixed
+    text. Metadata overriding CloudEvent fields takes the general way."""
+    if _overrides(metadata):
+        envelope = new_envelope(
+            app_id=app_id,
+            topic=topic,
+            pubsub=pubsub,
+            content_type=content_type,
+            data=data,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            metadata=metadata,
+        )
+        if expiration is not None:
+            envelope["expiration"] = expiration
+        return encode(envelope)
+    content_type = content_type or DEFAULT_DATA_CONTENT_TYPE
+    if is_json(content_type):
+        try:
+            value: Any = decode_precise(data)
+        except ValueError:
+            value = data.decode("utf-8", errors="replace")
+        head = b'{"data":' + encode(value)
+    elif _carries_base64(content_type):
+        head = b'{"data_base64":"' + base64.b64encode(data) + b'"'
+    else:
+        head = b'{"data":' + encode(data.decode("utf-8", errors="replace"))
+    # Keys in Go's (sorted) order; the trace ids are hex and dashes when they come from our tracer.
+    trace = encode(traceparent) if _needs_quoting(traceparent) else b'"' + traceparent.encode() + b'"'
+    return b"".join(
+        (
+            head,
+            b',"datacontenttype":',
+            _quoted(content_type),
+            b"" if expiration is None else b',"expiration":' + encode(expiration),
+            b',"id":"',
+            new_event_id().encode(),
+            b'","pubsubname":',
+            _quoted(pubsub),
+            b',"source":',
+            _quoted(app_id or DEFAULT_SOURCE),
+            b',"specversion":"1.0","time":"',
+            _now_rfc3339().encode(),
+            b'","topic":',
+            _quoted(topic),
+            b',"traceid":',
+            trace,
+            b',"traceparent":',
+            trace,
+            b',"tracestate":',
+            encode(tracestate) if tracestate else b'""',
+            b',"type":"com.dapr.event.sent"}',
+        )
+    )
+
+
+_QUOTED: dict[str, bytes] = {}
+_QUOTED_LIMIT = 4096
+
+
+def _quoted(text: str) -> bytes:
+    """``encode(text)`` for the few strings every envelope repeats (topics, names, types)."""
+    found = _QUOTED.get(text)
+    if found is None:
+        if len(_QUOTED) >= _QUOTED_LIMIT:  # many topics: start over rather than grow
+            _QUOTED.clear()
+        found = _QUOTED[text] = encode(text)
+    return found
+
+
+def _needs_quoting(text: str) -> bool:
+    return not text.replace("-", "").isalnum() or not text.isascii()
+
+
 def from_cloudevent(
     body: bytes, *, topic: str, pubsub: str, traceparent: str, tracestate: str
 ) -> dict[str, Any]:
@@ -319,14 +433,18 @@ def from_cloudevent(
 
 def set_expiration(envelope: dict[str, Any], ttl_seconds: float) -> None:
     """Dapr's ``expiration`` field, for brokers that cannot expire messages themselves."""
+    envelope["expiration"] = expiration(ttl_seconds)
+
+
+def expiration(ttl_seconds: float) -> str:
     moment = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-    envelope["expiration"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def from_raw_payload(data: bytes, *, topic: str, pubsub: str, metadata: dict[str, str]) -> dict[str, Any]:
     """What a rawPayload subscriber receives: the message bytes wrapped as data_base64."""
     event: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
+        "id": new_event_id(),
         "specversion": SPEC_VERSION,
         "datacontenttype": OCTET_STREAM,
         "source": DEFAULT_SOURCE,

@@ -27,6 +27,26 @@ STATE_FIELDS = MetadataSchema(
             "offers no query API.",
         ),
         MetadataField(
+            "outboxPublishPubsub",
+            default="",
+            description="Transactional outbox: the pubsub that receives a message for each upsert of a "
+            "state transaction, published only if the transaction committed (docs/outbox.md).",
+        ),
+        MetadataField("outboxPublishTopic", default="", description="Transactional outbox: their topic."),
+        MetadataField(
+            "outboxPubsub",
+            default="",
+            description="Transactional outbox: the pubsub of the internal hand-off topic (default: "
+            "`outboxPublishPubsub`).",
+        ),
+        MetadataField(
+            "outboxDiscardWhenMissingState",
+            FieldType.BOOLEAN,
+            default=False,
+            description="Transactional outbox: drop a staged message at once when its transaction's "
+            "marker is not found (default: wait for it, dropping it after 2 minutes).",
+        ),
+        MetadataField(
             "secondaryEncryptionKey",
             default="",
             sensitive=True,
@@ -100,7 +120,39 @@ PUBSUB_FIELDS = (
     + DELIVERY_FIELDS
 )
 
-BLOCK_FIELDS: dict[str, MetadataSchema] = {"state": STATE_FIELDS, "pubsub": PUBSUB_FIELDS}
+LOCK_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "keyPrefix",
+            default="appid",
+            description="What the stored key `lock||<prefix>||<resourceId>` carries: `appid` (default), "
+            "`name` (the component's name), `none` (just `lock||<resourceId>`), or any other text.",
+        ),
+    )
+)
+
+BINDING_FIELDS = MetadataSchema(
+    (
+        MetadataField(
+            "direction",
+            default="",
+            description="`input`, `output` or `input, output`; empty: every direction the type has. "
+            "Naming `input` skips the `OPTIONS` question to the app.",
+        ),
+        MetadataField(
+            "route",
+            default="",
+            description="Path on the app that receives input events (default: the component's name).",
+        ),
+    )
+)
+
+BLOCK_FIELDS: dict[str, MetadataSchema] = {
+    "bindings": BINDING_FIELDS,
+    "state": STATE_FIELDS,
+    "pubsub": PUBSUB_FIELDS,
+    "lock": LOCK_FIELDS,
+}
 
 
 def schema_for(type_name: str, component_schema: MetadataSchema) -> MetadataSchema:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -25,6 +25,7 @@ from runtime.block import BuildingBlock, ComponentProblem, LoadedComponent
 from runtime.deadlines import close_component, within
 from runtime.resources import ComponentResource, ResourceError, validate_component
 from runtime.secrets import SECRET_STORES, Redactor, init_order, resolve_references, secret_values
+from runtime.unsupported import NotLoaded, set_aside
 
 log = logging.getLogger("pillion")
 # How long a replaced component stays open for the requests that still hold it.
@@ -55,6 +56,8 @@ class Plan:
 
     components: list[LoadedComponent] = field(default_factory=list)
     started: list[LoadedComponent] = field(default_factory=list)
+    # Components of building blocks Pillion lacks: listed, never started.
+    not_loaded: list[NotLoaded] = field(default_factory=list)
 
 
 @dataclass
@@ -79,9 +82,19 @@ class Change:
 
 
 class ComponentSet:
-    def __init__(self, app_id: str, data_dir: Path, blocks: BlockLookup, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        data_dir: Path,
+        blocks: BlockLookup,
+        redactor: Redactor,
+        shared_dir: Path | None = None,
+    ) -> None:
         self.app_id = app_id
         self.data_dir = data_dir
+        # Where the stores shared by every app live (~/.pillion, or --data-dir).
+        self.shared_dir = shared_dir
+        self.not_loaded: list[NotLoaded] = []
         self.blocks = blocks
         self.redactor = redactor
         self._components: list[LoadedComponent] = []
@@ -113,7 +126,8 @@ class ComponentSet:
             for c in self._components
             if c.resource.building_block == SECRET_STORES
         }
-        plan = Plan()
+        resources, aside = set_aside(resources)
+        plan = Plan(not_loaded=aside)
         try:
             for unresolved in init_order(resources):
                 resource = await resolve_references(unresolved, stores)
@@ -151,6 +165,7 @@ class ComponentSet:
         kept = {id(c) for c in plan.components}
         retired = [c for c in self._components if id(c) not in kept]
         self._components = list(plan.components)
+        self.not_loaded = plan.not_loaded
         started = {_key(c.resource) for c in plan.started}
         return Change(sorted(started - before), sorted(started & before), removed, retired)
 
@@ -197,6 +212,8 @@ class ComponentSet:
         assert cls is not None, "validate_component checked the type"
         metadata = validate_component(resource)
         context = ComponentContext(resource.name, self.app_id, self.data_dir, resource.file.parent)
+        if self.shared_dir is not None:
+            context = replace(context, shared_dir=self.shared_dir)
         try:
             instance: Component = cls(metadata, context)
             await within(instance.init(), resource.init_timeout, f"init of component {resource.name}")

@@ -85,6 +85,24 @@ class Code(StrEnum):
     SECRET_STORE_NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
     PERMISSION_DENIED = "ERR_PERMISSION_DENIED"
     SECRET_GET = "ERR_SECRET_GET"
+    PUBLISH_OUTBOX = "ERR_PUBLISH_OUTBOX"
+    # bindings
+    INVOKE_OUTPUT_BINDING = "ERR_INVOKE_OUTPUT_BINDING"
+    # distributed lock
+    LOCK_STORE_NOT_CONFIGURED = "ERR_LOCK_STORE_NOT_CONFIGURED"
+    LOCK_STORE_NOT_FOUND = "ERR_LOCK_STORE_NOT_FOUND"
+    LOCK_TRY = "ERR_TRY_LOCK"
+    LOCK_UNLOCK = "ERR_UNLOCK"
+    # configuration API
+    CONFIGURATION_STORE_NOT_CONFIGURED = "ERR_CONFIGURATION_STORE_NOT_CONFIGURED"
+    CONFIGURATION_STORE_NOT_FOUND = "ERR_CONFIGURATION_STORE_NOT_FOUND"
+    CONFIGURATION_GET = "ERR_CONFIGURATION_GET"
+    CONFIGURATION_SUBSCRIBE = "ERR_CONFIGURATION_SUBSCRIBE"
+    APP_CHANNEL_NIL = "ERR_APP_CHANNEL_NIL"
+    # blocks Pillion lacks, answering as daprd does without the component
+    CRYPTO_PROVIDERS_NOT_CONFIGURED = "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED"
+    CRYPTO_PROVIDER_NOT_FOUND = "ERR_CRYPTO_PROVIDER_NOT_FOUND"
+    CONVERSATION_NOT_FOUND = "ERR_CONVERSATION_NOT_FOUND"
     # Pillion's admin API: dead letters (docs/dashboard.md)
     DEADLETTERS_NOT_SUPPORTED = "ERR_DEADLETTERS_NOT_SUPPORTED"
     DEADLETTER_NOT_FOUND = "ERR_DEADLETTER_NOT_FOUND"
@@ -609,6 +627,138 @@ def secret_bulk_get_failed(store: str, problem: object) -> APIError:
         GrpcCode.INTERNAL,
         Code.SECRET_GET,
         f"failed getting secrets from secret store {store}: {problem}",
+    )
+
+
+def outbox_publish_failed(app_id: str, problem: str) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.PUBLISH_OUTBOX,
+        f"error while publishing outbox message: {problem}",
+        ErrorInfo("DAPR_PUBSUB_OUTBOX", {"appID": app_id, "error": problem}),
+    )
+
+
+# --- bindings ---------------------------------------------------------------------------------------
+
+
+def output_binding_failed(name: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.INVOKE_OUTPUT_BINDING,
+        f"error invoking output binding {name}: {problem}",
+    )
+
+
+# --- distributed lock ------------------------------------------------------------------------------
+
+
+def lock_expiry_not_positive(store: str) -> APIError:
+    return malformed(f"ExpiryInSeconds is not positive in lock store {store}")
+
+
+def lock_resource_id_empty(store: str) -> APIError:
+    return malformed(f"ResourceId is empty in lock store {store}")
+
+
+def lock_owner_empty(store: str) -> APIError:
+    return malformed(f"LockOwner is empty in lock store {store}")
+
+
+def lock_store_not_configured() -> APIError:
+    return _error(
+        500, GrpcCode.FAILED_PRECONDITION, Code.LOCK_STORE_NOT_CONFIGURED, "lock store is not configured"
+    )
+
+
+def lock_store_not_found(store: str) -> APIError:
+    return _error(400, GrpcCode.INVALID_ARGUMENT, Code.LOCK_STORE_NOT_FOUND, f"lock store {store} not found")
+
+
+def lock_try_failed(problem: object) -> APIError:
+    return _error(500, GrpcCode.INTERNAL, Code.LOCK_TRY, f"failed to try acquiring lock: {problem}")
+
+
+def lock_unlock_failed(problem: object) -> APIError:
+    return _error(500, GrpcCode.INTERNAL, Code.LOCK_UNLOCK, f"failed to release lock: {problem}")
+
+
+# --- configuration API -----------------------------------------------------------------------------
+
+
+def _go_list(keys: Sequence[str]) -> str:
+    # daprd formats the key list with Go's %s: [a b]
+    return "[" + " ".join(keys) + "]"
+
+
+def configuration_stores_not_configured() -> APIError:
+    return _error(
+        500,
+        GrpcCode.FAILED_PRECONDITION,
+        Code.CONFIGURATION_STORE_NOT_CONFIGURED,
+        "configuration stores not configured",
+    )
+
+
+def configuration_store_not_found(store: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.CONFIGURATION_STORE_NOT_FOUND,
+        f"configuration store {store} not found",
+    )
+
+
+def configuration_get_failed(keys: Sequence[str], store: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.CONFIGURATION_GET,
+        f"failed to get {_go_list(keys)} from Configuration store {store}: {problem}",
+    )
+
+
+def configuration_subscribe_failed(keys: Sequence[str], store: str, problem: object) -> APIError:
+    return _error(
+        500,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.CONFIGURATION_SUBSCRIBE,
+        f"failed to subscribe {_go_list(keys)} from Configuration store {store}: {problem}",
+    )
+
+
+def app_channel_nil() -> APIError:
+    return _error(
+        500,
+        GrpcCode.INTERNAL,
+        Code.APP_CHANNEL_NIL,
+        "app channel is not initialized. cannot subscribe to configuration updates",
+    )
+
+
+# --- blocks Pillion lacks --------------------------------------------------------------------------
+
+
+def crypto_providers_not_configured() -> APIError:
+    return _error(
+        500, GrpcCode.INTERNAL, Code.CRYPTO_PROVIDERS_NOT_CONFIGURED, "crypto providers not configured"
+    )
+
+
+def crypto_provider_not_found(name: str) -> APIError:
+    return _error(
+        400, GrpcCode.INVALID_ARGUMENT, Code.CRYPTO_PROVIDER_NOT_FOUND, f"crypto provider {name} not found"
+    )
+
+
+def conversation_not_found(name: str) -> APIError:
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.CONVERSATION_NOT_FOUND,
+        f"failed finding conversation component {name}",
     )
 
 

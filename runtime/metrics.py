@@ -15,7 +15,7 @@ import contextlib
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -132,6 +132,7 @@ class Metrics:
         self._published = Counter(
             "pillion_pubsub_published", "Messages published to a broker.", topic_labels, registry=registry
         )
+        self._children: dict[tuple[int, str, str], Any] = {}
         self._delivered = Counter(
             "pillion_pubsub_delivered",
             "Messages delivered to the app and acknowledged by it.",
@@ -178,11 +179,20 @@ class Metrics:
 
     # --- pub/sub -------------------------------------------------------------------------------
 
+    def _by_topic(self, metric: Counter | Histogram, pubsub: str, topic: str) -> Any:
+        """``metric``'s child for a topic: kept, as these count every message, rather than looked
+        up through ``labels()`` (a lock and a tuple of strings) each time."""
+        key = (id(metric), pubsub, topic)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.app_id, pubsub, topic)
+        return child
+
     def published(self, pubsub: str, topic: str, count: int = 1) -> None:
-        self._published.labels(self.app_id, pubsub, topic).inc(count)
+        self._by_topic(self._published, pubsub, topic).inc(count)
 
     def delivered(self, pubsub: str, topic: str) -> None:
-        self._delivered.labels(self.app_id, pubsub, topic).inc()
+        self._by_topic(self._delivered, pubsub, topic).inc()
 
     def retried(self, pubsub: str, topic: str) -> None:
         self._retried.labels(self.app_id, pubsub, topic).inc()
@@ -194,7 +204,7 @@ class Metrics:
         self._dropped.labels(self.app_id, pubsub, topic).inc()
 
     def delivery_latency(self, pubsub: str, topic: str, seconds: float) -> None:
-        self._delivery_seconds.labels(self.app_id, pubsub, topic).observe(seconds)
+        self._by_topic(self._delivery_seconds, pubsub, topic).observe(seconds)
 
     # --- components ----------------------------------------------------------------------------
 

@@ -251,7 +251,9 @@ class PubSubBlock:
             except ValueError as exc:
                 raise errors.pubsub_cloud_event_creation(entry.name, self.app_id, str(exc)) from None
         else:
-            envelope = cloudevents.new_envelope(
+            ttl = self.ttl(entry, metadata)
+            expires = ttl is not None and not entry.expires_messages
+            return cloudevents.encode_new_envelope(
                 app_id=self.app_id,
                 topic=topic,
                 pubsub=entry.name,
@@ -260,6 +262,7 @@ class PubSubBlock:
                 traceparent=traceparent,
                 tracestate=tracestate,
                 metadata=metadata,
+                expiration=cloudevents.expiration(ttl) if expires and ttl is not None else None,
             )
         ttl = self.ttl(entry, metadata)
         if ttl is not None and not entry.expires_messages:

@@ -59,6 +59,12 @@ class ComponentResource:
     def building_block(self) -> str:
         return self.type.split(".", 1)[0]
 
+    @property
+    def block_implemented(self) -> bool:
+        """False for a building block Pillion lacks (``workflow.*``, ``middleware.*``): such a
+        component is listed as not loaded instead of stopping start-up."""
+        return registry.implements_block(self.building_block)
+
 
 def _scalar_text(value: Any) -> str:
     if isinstance(value, bool):
@@ -205,7 +211,8 @@ def load_components(paths: Iterable[Path], app_id: str) -> list[ComponentResourc
                 continue
             if component.scopes and app_id not in component.scopes:
                 continue
-            validate_component(component)
+            if component.block_implemented:
+                validate_component(component)
             key = (component.building_block, component.name)
             if key in found:
                 raise ResourceError(

@@ -262,7 +262,7 @@ class MultiRun:
         print(f"== PILLION == {text}", flush=True)
 
     async def start(self, spec: AppSpec) -> None:
-        from runtime.cli import free_port
+        from runtime.run import free_port
 
         port = spec.http_port or free_port()
         args = [*spec.args]

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from runtime import __version__
+from runtime import __version__, embedded
 from runtime.app_health import AppHealthCollector, HealthCheck
 from runtime.block import BlockContext
+from runtime.block_hooks import AppFacing
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
@@ -37,9 +38,11 @@ from runtime.subscriptions import Subscription, SubscriptionError, from_resource
 from runtime.tracing import Tracer, create_tracer
 
 if TYPE_CHECKING:
+    from runtime.app_channel import AppChannel
     from runtime.event_sink import AppConnection
     from runtime.grpc.server import GrpcServer
     from runtime.hot_reload import ResourceWatcher
+    from runtime.outbox import Outbox
     from runtime.service_invocation import ServiceInvocation
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
@@ -71,9 +74,10 @@ class SidecarOptions:
     app_health: HealthCheck | None = None
     # Deadlines on reading a request and the cap on connections (--http-read-*, --http-max-connections).
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken;
+    # 0 takes any free port (pillion run).
     grpc_port: int | None = None
-    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    # --app-protocol as given; with grpc, pub/sub and health checks call the app's AppCallback service.
     app_protocol: str = "http"
     # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
@@ -86,25 +90,9 @@ class SidecarOptions:
 
 
 def default_components(options: SidecarOptions) -> list[ComponentResource]:
-    """With no resources path: a durable SQLite state store named ``statestore`` and a durable
-    SQLite pubsub named ``pubsub``."""
-    data_dir = options.resolved_data_dir
-    return [
-        ComponentResource(
-            name="statestore",
-            type="state.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "state.db")},
-            file=Path("<embedded default>"),
-        ),
-        ComponentResource(
-            name="pubsub",
-            type="pubsub.sqlite",
-            version="v1",
-            metadata={"connectionString": str(data_dir / "pubsub.db")},
-            file=Path("<embedded default>"),
-        ),
-    ]
+    """With no resources path: ``statestore`` and ``pubsub`` in SQLite files shared by every app
+    (runtime/embedded.py)."""
+    return embedded.default_components(options.data_dir)
 
 
 class Sidecar:
@@ -116,7 +104,13 @@ class Sidecar:
         self.configuration = Configuration()
         self.blocks = Blocks(BlockContext(options.app_id, self.configuration))
         self.redactor = Redactor()
-        self.components = ComponentSet(options.app_id, options.resolved_data_dir, self.blocks, self.redactor)
+        self.components = ComponentSet(
+            options.app_id,
+            options.resolved_data_dir,
+            self.blocks,
+            self.redactor,
+            embedded.shared_folder(options.data_dir),
+        )
         self.components_ready = False
         self.app_reachable = options.app_port is None
         self._background: set[asyncio.Task[None]] = set()
@@ -133,6 +127,7 @@ class Sidecar:
         self.channel: AppConnection | None = None
         self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
+        self.outbox: Outbox | None = None
         self.invocation: ServiceInvocation | None = None
         self.resiliency: Resiliency | None = None
 
@@ -172,14 +167,34 @@ class Sidecar:
             handler.addFilter(self.redactor)
         # Whatever a library logs (a header dump at debug level), the tokens never show.
         self.redactor.add(t for t in (self.options.api_token, os.environ.get("APP_API_TOKEN")) if t)
+        # Input bindings and configuration pushes speak HTTP to the app; a gRPC app gets neither
+        # (docs/grpc.md: not implemented).
+        channel = self._http_app_channel if self._app_speaks_http() else None
         context = BlockContext(
-            self.options.app_id, self.configuration, self.metrics, self.tracer, self.resiliency
+            self.options.app_id,
+            self.configuration,
+            self.metrics,
+            self.tracer,
+            app_channel=channel,
+            resiliency=self.resiliency,
         )
         self.blocks = Blocks(context)
         self.components.blocks = self.blocks
         await self.components.start(resources)
+        await self._start_outbox()
         self.pubsub.declare(self.declared_subscriptions)
         self.components_ready = True
+
+    async def _start_outbox(self) -> None:
+        """Relay staged messages of the state stores with an outbox (runtime/outbox.py)."""
+        stores = self.state.outbox_stores()
+        if not stores:
+            return
+        from runtime.outbox import Outbox
+
+        self.outbox = Outbox(self.options.app_id, self.state, self.pubsub)
+        self.state.outbox = self.outbox
+        await self.outbox.start(stores)
 
     async def stop_components(self) -> None:
         for task in self._background:
@@ -191,6 +206,11 @@ class Sidecar:
             await self._watcher.close()
         # Deliveries in flight finish (within drain_timeout) before their brokers close.
         await self.pubsub.stop_subscriptions(self.options.drain_timeout)
+        if self.outbox is not None:
+            await self.outbox.stop()
+        for block in self.blocks.all():
+            if isinstance(block, AppFacing):
+                await block.stop()
         if self.channel is not None:
             await self.channel.aclose()
             self.channel = None
@@ -239,8 +259,22 @@ class Sidecar:
                 health.probe_now()
                 await health.wait_healthy()
             await self.start_subscriptions()
+            if self._app_speaks_http():
+                for block in self.blocks.all():
+                    if isinstance(block, AppFacing):
+                        await block.app_ready(self._http_app_channel())
             self.app_reachable = True
             return
+
+    def _app_speaks_http(self) -> bool:
+        return self.options.app_port is not None and self.options.app_protocol != "grpc"
+
+    def _http_app_channel(self) -> AppChannel:
+        from runtime.app_channel import AppChannel
+
+        channel = self.app_channel()
+        assert isinstance(channel, AppChannel)
+        return channel
 
     def app_channel(self) -> AppConnection:
         if self.channel is None:
@@ -331,6 +365,9 @@ class Sidecar:
         ]
         if components:
             body["components"] = components
+        if self.components.not_loaded:
+            # Pillion's own key: daprd would have refused to start instead.
+            body["componentsNotLoaded"] = [c.describe() for c in self.components.not_loaded]
         subscriptions = self.pubsub.describe_subscriptions()
         if subscriptions:
             body["subscriptions"] = subscriptions
@@ -406,6 +443,9 @@ class Sidecar:
         try:
             await self._start_metrics_server()
             await self.start_components(resources)
+            if not self.options.resources_paths:
+                options = self.options
+                await asyncio.to_thread(embedded.adopt_legacy_data, options.app_id, options.data_dir)
             await self._start_invocation()
             await self._start_grpc()
             if self.options.resources_paths:
@@ -453,7 +493,7 @@ class Sidecar:
         from runtime.grpc.server import DEFAULT_PORT, GrpcServer
 
         options = self.options
-        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        server = GrpcServer(self, DEFAULT_PORT if options.grpc_port is None else options.grpc_port)
         try:
             await server.start()
         except OSError as exc:

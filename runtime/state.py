@@ -31,9 +31,11 @@ from components.state.base import (
 from components.state.query import QueryPage, parse_query
 from runtime import errors
 from runtime.block import BlockContext, ComponentProblem, LoadedComponent
+from runtime.outbox_settings import OutboxSettings
 
 if TYPE_CHECKING:
     from runtime.metrics import Metrics
+    from runtime.outbox import Outbox
     from runtime.resiliency import Policy, Resiliency
 
 T = TypeVar("T")
@@ -89,6 +91,8 @@ class StoreEntry:
     prefix: str
     # The Resiliency policy of the component's outbound calls, if any.
     policy: Policy | None = None
+    # Transactional outbox settings (runtime/outbox.py); None when the store has none.
+    outbox: OutboxSettings | None = None
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self.policy is None:
@@ -144,6 +148,8 @@ class StateBlock:
         self.app_id = app_id
         self._stores = {entry.name: entry for entry in stores}
         self.metrics = metrics
+        # Set by the sidecar once the pubsub block exists: stages outbox messages in transactions.
+        self.outbox: Outbox | None = None
         self.resiliency: Resiliency | None = None
 
     @classmethod
@@ -162,7 +168,13 @@ class StateBlock:
         except ValueError as exc:
             raise ComponentProblem(str(exc)) from None
         policy = self.resiliency.for_component(name, "outbound", "Statestore") if self.resiliency else None
-        return StoreEntry(name, store, prefix, policy)
+        outbox = OutboxSettings.from_metadata(component.metadata)
+        if outbox is not None and StateFeature.TRANSACTIONAL not in store.features:
+            raise ComponentProblem("the outbox (outboxPublishPubsub) needs a store with transactions")
+        return StoreEntry(name, store, prefix, policy, outbox)
+
+    def outbox_stores(self) -> list[tuple[StoreEntry, OutboxSettings]]:
+        return [(e, e.outbox) for e in self._stores.values() if e.outbox is not None]
 
     def capabilities(self, entry: StoreEntry) -> list[str]:
         features = {str(f) for f in entry.store.features}
@@ -286,11 +298,16 @@ class StateBlock:
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
             raise errors.state_too_many_operations(len(ops), limit)
+        markers: list[SetOp] = []
+        if entry.outbox is not None and self.outbox is not None:
+            # Published to the internal topic before anything is written: a failure stops here.
+            ops, markers = await self.outbox.stage(entry, entry.outbox, ops, "")
         try:
             store_ops: list[Operation] = [
                 self._set_op(prefix, op) if isinstance(op, SaveItem) else self._delete_op(prefix, op)
                 for op in ops
             ]
+            store_ops.extend(markers)
             await entry.call(lambda: target.transact(store_ops))
         except (ETagMismatch, ETagInvalid) as exc:
             key = exc.key[len(prefix) :] if exc.key.startswith(prefix) else exc.key

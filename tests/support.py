@@ -99,8 +99,12 @@ def start_sidecar(
     wait_path: str = "/v1.0/healthz/outbound",
     timeout: float = 60,
     open_files: int | None = None,
+    isolated: bool = True,
 ) -> SidecarProcess:
-    """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise."""
+    """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise.
+
+    ``isolated``: pass ``--data-dir``, so the embedded defaults do not land in ``$HOME/.pillion``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     data_dir = workdir / "data"
@@ -113,9 +117,9 @@ def start_sidecar(
         app_id,
         "--dapr-http-port",
         str(port),
-        "--data-dir",
-        str(data_dir),
     ]
+    if isolated:
+        args += ["--data-dir", str(data_dir)]
     if resources is not None:
         args += ["--resources-path", str(write_resources(workdir / "resources", resources))]
     extra_args = extra_args or []

@@ -163,7 +163,7 @@ def test_dapr_cli_flags_are_accepted(tmp_path: Path) -> None:
         f"HTTPServer(('127.0.0.1', {app_port}), BaseHTTPRequestHandler).serve_forever()"
     )
     http_port = free_port()
-    flags = ["-a", "flags", "-p", str(app_port), "-P", "http", "-H", str(http_port), "-G", "50001"]
+    flags = ["-a", "flags", "-p", str(app_port), "-P", "http", "-H", str(http_port), "-G", str(free_port())]
     flags += ["-M", str(free_port()), "--enable-api-logging", "--placement-host-address", "localhost:50005"]
     flags += ["--app-max-concurrency", "5", "--enable-profiling"]
     proc = _start([*flags, "--", sys.executable, "-c", script], tmp_path)
@@ -176,7 +176,6 @@ def test_dapr_cli_flags_are_accepted(tmp_path: Path) -> None:
     assert f"env flags {app_port} http" in output
     assert "HTTP API Called: GET /v1.0/metadata" in output
     for flag in (
-        "--dapr-grpc-port",
         "--placement-host-address",
         "--app-max-concurrency",
         "--enable-profiling",

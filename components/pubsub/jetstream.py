@@ -570,12 +570,16 @@ class PullSubscription:
         self._handler = handler
         self._slots = slots
         self._handlers: set[asyncio.Task[None]] = set()
+        # Messages whose handler is running: one loop renews them all (no task or timer each).
+        self._held: dict[int, Msg] = {}  # by id(): nats-py's Msg is not hashable
         self._slot_freed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._closed = False
 
     def start(self) -> None:
         self._reader = asyncio.create_task(self._read(), name=f"jetstream-{self.topic}")
+        self._renewer = asyncio.create_task(self._renew_held(), name=f"jetstream-renew-{self.topic}")
 
     async def close(self) -> None:
         """Stop pulling, let the handlers in flight finish (acknowledging those that succeed)."""
@@ -588,6 +592,9 @@ class PullSubscription:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         await wait_for_handlers(self._handlers)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._pull.unsubscribe()
 
@@ -628,7 +635,7 @@ class PullSubscription:
         owner = self.owner
         meta = msg.metadata
         message = Message(self.topic, msg.data, _metadata_of(msg), str(meta.sequence.stream))
-        renewal = asyncio.create_task(self._renew(msg))
+        self._held[id(msg)] = msg
         try:
             await self._handler(message)
         except asyncio.CancelledError:
@@ -648,7 +655,7 @@ class PullSubscription:
                 await msg.nak(delay=owner.ack_wait)
             return
         finally:
-            renewal.cancel()
+            self._held.pop(id(msg), None)
         try:
             await msg.ack()
         except Exception as exc:
@@ -660,12 +667,15 @@ class PullSubscription:
                 exc,
             )
 
-    async def _renew(self, msg: Msg) -> None:
+    async def _renew_held(self) -> None:
+        """Tell JetStream, every third of ackWait, that the messages being handled still are, so
+        a slow handler's message is not redelivered meanwhile."""
         every = max(0.05, self.owner.ack_wait / 3)
         while True:
             await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
 
 async def _dial(url: str, options: dict[str, Any]) -> NATS:

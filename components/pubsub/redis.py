@@ -32,14 +32,14 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import EncodableT, FieldT, StreamEntry, StreamIdT
+from redis.typing import StreamEntry, StreamIdT
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
@@ -47,6 +47,7 @@ from components.pubsub.base import Handler, Message, PubSubFeature, RetainedMess
 from components.pubsub.handlers import CONCURRENCY_FIELD
 from components.pubsub.naming import expand_consumer_id
 from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
+from components.redis_pipeline import RedisPipeline, for_settings
 
 log = logging.getLogger("pillion.pubsub.redis")
 
@@ -160,7 +161,6 @@ class RedisPubSub:
         for name in ("processingTimeout", "redeliverInterval", "streamTTL"):
             if (metadata[name] or 0) < 0:
                 raise MetadataError(name, "must not be negative")
-        self._xadd_trim: dict[str, Any] = {}
         max_len, ttl = metadata["maxLenApprox"], metadata["streamTTL"]
         if max_len is not None and max_len < 0:
             raise MetadataError("maxLenApprox", "must not be negative")
@@ -168,11 +168,12 @@ class RedisPubSub:
             log.warning(
                 "pubsub %s: both maxLenApprox and streamTTL are set; trimming by maxLenApprox only", self.name
             )
-        if max_len:
-            self._xadd_trim = {"maxlen": max_len, "approximate": True}
+        self._max_len: int = max_len or 0
         self._stream_ttl_ms = int(ttl * 1000) if ttl and not max_len else 0
         self.block_seconds = self.settings.read_timeout or _DEFAULT_BLOCK_SECONDS
         self._client: Redis | None = None
+        # Publishes and acknowledgements over one pipelined connection (not with TLS or Sentinel).
+        self._pipeline: RedisPipeline | None = None
         self._subscriptions: set[StreamSubscription] = set()
         self._count = 0
 
@@ -194,10 +195,14 @@ class RedisPubSub:
                 "pubsub.redis needs 6.2 or newer (XAUTOCLAIM)"
             )
         self._client = client
+        self._pipeline = for_settings(self.settings)
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
         await asyncio.gather(*(s.close() for s in subscriptions))
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
+            self._pipeline = None
         if self._client is not None:
             await self._client.aclose()
         self._client = None
@@ -213,14 +218,29 @@ class RedisPubSub:
     # --- publish and subscribe --------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
-        fields: dict[FieldT, EncodableT] = {"data": data}
-        if metadata:
-            fields["metadata"] = json.dumps(metadata)
-        trim = self._xadd_trim
-        if self._stream_ttl_ms:
+        client = self._redis()
+        command: list[str | bytes | int] = ["XADD", topic]
+        if self._max_len:
+            command += ["MAXLEN", "~", self._max_len]
+        elif self._stream_ttl_ms:
             # Entries older than the TTL go; "-1" keeps an entry added in that very millisecond.
-            trim = {"minid": f"{int(time.time() * 1000) - self._stream_ttl_ms}-1", "approximate": True}
-        await self._redis().xadd(topic, fields, **trim)
+            command += ["MINID", "~", f"{int(time.time() * 1000) - self._stream_ttl_ms}-1"]
+        command += ["*", "data", data]
+        if metadata:
+            command += ["metadata", json.dumps(metadata)]
+        await self.execute(client, *command)
+
+    @property
+    def pipelined(self) -> bool:
+        return self._pipeline is not None
+
+    async def execute(self, client: Redis, *command: str | bytes | int) -> Any:
+        """A command that does not block: on the pipelined connection when there is one."""
+        if self._pipeline is not None:
+            return await self._pipeline.execute(*command)
+        # redis-py leaves execute_command untyped: called through a typed alias.
+        run = cast("Callable[..., Awaitable[Any]]", client.execute_command)
+        return await run(*command)
 
     # --- retained messages (RETAINED_MESSAGES) ------------------------------------------------
 
@@ -313,6 +333,7 @@ class StreamSubscription:
         self._min_idle_ms = max(1, int(owner.processing_timeout * 1000))
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._acks = _Acks(self._xack)
 
     async def start(self) -> None:
         await self._create_group()
@@ -375,6 +396,7 @@ class StreamSubscription:
         next_reclaim = time.monotonic() if self._redelivery else float("inf")
         cursor = _FIRST_ID
         failures = 0
+        backlog = False
         while not self._stop_reading.is_set():
             if len(self._held) >= self._slots:
                 self._slot_freed.clear()
@@ -388,16 +410,21 @@ class StreamSubscription:
                     if cursor == _FIRST_ID:  # the whole pending list was scanned
                         next_reclaim = now + owner.redeliver_interval
                 else:
-                    block = min(owner.block_seconds, next_reclaim - now)
-                    reply = await self.reader.xreadgroup(
-                        self.group,
-                        self.consumer,
-                        {self.topic: ">"},
-                        count=free,
-                        block=max(1, int(block * 1000)),
-                    )
-                    # RESP2 (our clients' protocol) answers [[stream, entries]].
-                    entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                    # While there is a backlog, read without blocking on the pipelined connection
+                    # (cheaper); after a read that found nothing, wait on the reader's own.
+                    entries = await self._read_now(free) if backlog and owner.pipelined else []
+                    if not entries:
+                        block = min(owner.block_seconds, next_reclaim - now)
+                        reply = await self.reader.xreadgroup(
+                            self.group,
+                            self.consumer,
+                            {self.topic: ">"},
+                            count=free,
+                            block=max(1, int(block * 1000)),
+                        )
+                        # RESP2 (our clients' protocol) answers [[stream, entries]].
+                        entries = [entry for _, batch in cast(list[list[Any]], reply) for entry in batch]
+                    backlog = bool(entries)
                 # Even when stopping: what was read is in this consumer's pending list, so handle it.
                 self._dispatch(entries)
                 failures = 0
@@ -426,6 +453,27 @@ class StreamSubscription:
                 log.exception("pubsub %s: unexpected error reading %r", owner.name, self.topic)
             await self._sleep(min(5.0, 0.1 * 2**failures), self._stop_reading)
             failures += 1
+
+    async def _read_now(self, count: int) -> list[StreamEntry]:
+        """New entries for this consumer, as many as ``count``, without waiting for any."""
+        reply = await self.owner.execute(
+            self._client,
+            "XREADGROUP",
+            "GROUP",
+            self.group,
+            self.consumer,
+            "COUNT",
+            count,
+            "STREAMS",
+            self.topic,
+            ">",
+        )
+        if not reply:
+            return []
+        # [[stream, [[id, [field, value, ...]], ...]]], as redis-py would give it with fields a dict.
+        return [
+            (entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in reply[0][1]
+        ]
 
     async def _reclaim(self, cursor: str, count: int) -> tuple[str, Sequence[StreamEntry]]:
         """Claim up to ``count`` messages idle for ``processingTimeout`` (their consumer died, or
@@ -473,7 +521,7 @@ class StreamSubscription:
                 )
                 return
             try:
-                await self._client.xack(self.topic, self.group, entry_id)
+                await self._acks.ack(entry_id)
             except (RedisError, OSError) as exc:
                 log.warning(
                     "pubsub %s: acknowledging message %s on %r failed (%s); it will be delivered again",
@@ -485,6 +533,9 @@ class StreamSubscription:
         finally:
             self._held.discard(entry_id)
             self._slot_freed.set()
+
+    async def _xack(self, ids: list[str]) -> None:
+        await self.owner.execute(self._client, "XACK", self.topic, self.group, *ids)
 
     async def _renew_leases(self) -> None:
         """Keep the idle time of messages being handled here well below ``processingTimeout``."""
@@ -525,3 +576,40 @@ class StreamSubscription:
                 )
         except (RedisError, OSError) as exc:
             log.warning("pubsub %s: leaving group %r on %r: %s", self.owner.name, self.group, self.topic, exc)
+
+
+class _Acks:
+    """A subscription's acknowledgements: those asked for in one event-loop turn (handlers that
+    finished together) leave as one ``XACK`` with every ID, each handler still learning whether
+    its own message was acknowledged."""
+
+    def __init__(self, send: Callable[[list[str]], Awaitable[None]]) -> None:
+        self._send = send
+        self._ids: list[str] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def ack(self, entry_id: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if not self._ids:
+            loop.call_soon(self._flush)
+        self._ids.append(entry_id)
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _flush(self) -> None:
+        ids, waiters = self._ids, self._waiters
+        self._ids, self._waiters = [], []
+        sending = asyncio.ensure_future(self._send(ids))
+        sending.add_done_callback(lambda done: _settle(done, waiters))
+
+
+def _settle(done: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
+    error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+    for waiter in waiters:
+        if waiter.done():  # its handler was cancelled meanwhile: the message stays pending
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)

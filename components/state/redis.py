@@ -15,13 +15,15 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataField, MetadataSchema
 from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
+from components.redis_pipeline import for_settings
 from components.state.base import (
     ANY_KEY,
     DeleteOp,
@@ -134,6 +136,9 @@ class RedisStateStore:
         self._default_ttl: int | None = metadata["ttlInSeconds"]
         self._query_indexes: str = metadata["queryIndexes"]
         self._client = build_client(settings)
+        # Reads and writes go over one pipelined connection where it can serve (not TLS or
+        # Sentinel); redis-py's client does the rest.
+        self._pipeline = for_settings(settings)
         self._read = self._client.register_script(_READ_SCRIPT)
         self._write = self._client.register_script(_WRITE_SCRIPT)
 
@@ -152,7 +157,24 @@ class RedisStateStore:
             raise ConnectionError(f"cannot use Redis at {self._where}: {exc}") from None
 
     async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
         await self._client.aclose()
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | bytes]) -> Any:
+        """EVALSHA straight on the pipelined connection (no ``Script`` call path on the way)."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return await script(keys=keys, args=args)
+        sha = script.sha
+        try:
+            return await pipeline.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # The server lost its script cache (restart, SCRIPT FLUSH): load it and go on.
+        await pipeline.execute("SCRIPT", "LOAD", cast(str, script.script))
+        return await pipeline.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     async def ping(self) -> None:
         await self._client.ping()
@@ -170,7 +192,7 @@ class RedisStateStore:
         return StoredItem(data, version.decode() if version is not None else None, expires)
 
     async def get(self, key: str) -> StoredItem | None:
-        reply = await self._read(keys=[key])
+        reply = await self._run(self._read, [key], [])
         return self._item(key, reply, datetime.now(UTC))
 
     async def bulk_get(self, keys: Sequence[str]) -> list[StoredItem | None]:
@@ -219,7 +241,7 @@ class RedisStateStore:
                 args += ["set", expected, "1" if op.first_write else "0", self._ttl(op), op.value]
             else:
                 args += ["del", expected, "0", "0", b""]
-        failed: int = await self._write(keys=keys, args=args)
+        failed: int = await self._run(self._write, keys, args)
         if failed > 0:
             raise ETagMismatch(ops[failed - 1].key)
         if failed < 0:

@@ -1,4 +1,5 @@
-"""The Starlette application: routes, Dapr path rules, the fallback route and error rendering."""
+"""The Starlette application (routes, the fallback route, error rendering) behind the API's one
+ASGI entry (runtime.http.entry: path cleaning, trace context, token, metrics, hot routes)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import APIError, internal
-from runtime.http import admin, invoke, pubsub, runtime_api, secrets, state
-from runtime.http.auth import TokenMiddleware
-from runtime.http.request_metrics import RequestMetricsMiddleware
-from runtime.http.trace_context import TraceContextMiddleware
+from runtime.http import (
+    admin,
+    bindings,
+    configuration,
+    invoke,
+    lock,
+    pubsub,
+    runtime_api,
+    secrets,
+    state,
+    unsupported,
+)
+from runtime.http.entry import ApiEntry, HotRoutes, clean_path
 from runtime.http.wire import PathUnescapeError, error_response
 
 if TYPE_CHECKING:
@@ -48,40 +58,20 @@ class DaprRoute(Route):
 
 
 class DaprPathMiddleware:
-    """Route on the raw path, cleaned as daprd cleans it.
+    """Route on the raw path, cleaned as daprd cleans it (``entry.clean_path``), for a Starlette
+    application served without the API entry (the benchmark's Starlette baseline).
 
     Matching the still-escaped path keeps ``%2F`` inside one path parameter; the endpoints then
-    query-unescape each parameter (``wire.path_param``). Repeated slashes collapse and a trailing
-    slash is dropped.
+    query-unescape each parameter (``wire.path_param``).
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await _not_http(self.app, scope, receive, send)
-            return
-        raw: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = raw.split(b"?", 1)[0].decode("latin-1")
-        if "//" in path:
-            path = "/" + "/".join(part for part in path.split("/") if part)
-        if len(path) > 1 and path.endswith("/"):
-            path = path.rstrip("/") or "/"
-        scope = {**scope, "path": path}
+        if scope["type"] == "http":
+            scope = {**scope, "path": clean_path(scope.get("raw_path") or scope["path"].encode())}
         await self.app(scope, receive, send)
-
-
-async def _not_http(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Only HTTP requests reach the API: a WebSocket is closed before it opens, any other kind
-    of connection is dropped. Lifespan events, which carry no request, pass."""
-    if scope["type"] == "lifespan":
-        await app(scope, receive, send)
-    elif scope["type"] == "websocket":
-        log.debug("refused a WebSocket connection: the API serves HTTP only")
-        await send({"type": "websocket.close", "code": 1008})
-    else:
-        log.debug("refused a connection of type %r: the API serves HTTP only", scope["type"])
 
 
 async def _fallback_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,13 +123,19 @@ def route(path: str, endpoint: Endpoint, methods: list[str], version: str = "v1.
     return DaprRoute(f"/{version}{path}", endpoint, methods=methods)
 
 
+# The hot routes, which runtime.http.entry serves itself when they are switched on.
+GET_STATE = "/state/{store}/{key}"
+SAVE_STATE = "/state/{store}"
+PUBLISH = "/publish/{pubsub}/{topic:path}"
+
+
 def state_routes() -> list[BaseRoute]:
     write = ["POST", "PUT"]
     # Most frequent first: the router tries routes in order. A GET of the key "bulk" is a key read,
     # as in daprd, since the bulk route only takes POST and PUT.
     return [
-        route("/state/{store}/{key}", state.get_state, ["GET"]),
-        route("/state/{store}", state.save_state, write),
+        route(GET_STATE, state.get_state, ["GET"]),
+        route(SAVE_STATE, state.save_state, write),
         route("/state/{store}/bulk", state.bulk_get_state, write),
         route("/state/{store}/transaction", state.transaction, write),
         route("/state/{store}/{key}", state.delete_state, ["DELETE"]),
@@ -152,7 +148,7 @@ def pubsub_routes() -> list[BaseRoute]:
     return [
         route("/publish/bulk/{pubsub}/{topic:path}", pubsub.bulk_publish, write),
         route("/publish/bulk/{pubsub}/{topic:path}", pubsub.bulk_publish, write, version="v1.0-alpha1"),
-        route("/publish/{pubsub}/{topic:path}", pubsub.publish, write),
+        route(PUBLISH, pubsub.publish, write),
         # `/publish/p/` arrives here with its slash dropped: daprd answers ERR_TOPIC_NAME_EMPTY.
         route("/publish/{pubsub}", pubsub.publish, write),
     ]
@@ -175,6 +171,41 @@ def runtime_routes() -> list[BaseRoute]:
     ]
 
 
+def bindings_routes() -> list[BaseRoute]:
+    return [route("/bindings/{name}", bindings.invoke, ["POST", "PUT"])]
+
+
+def configuration_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for version in ("v1.0", "v1.0-alpha1"):
+        routes += [
+            route("/configuration/{store}/subscribe", configuration.subscribe, ["GET"], version=version),
+            route(
+                "/configuration/{store}/{id}/unsubscribe", configuration.unsubscribe, ["GET"], version=version
+            ),
+            route("/configuration/{store}", configuration.get_configuration, ["GET"], version=version),
+        ]
+    return routes
+
+
+def lock_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/lock/{store}", lock.try_lock, ["POST"], version=alpha),
+        route("/unlock/{store}", lock.unlock, ["POST"], version=alpha),
+    ]
+
+
+def unsupported_routes() -> list[BaseRoute]:
+    alpha = "v1.0-alpha1"
+    return [
+        route("/crypto/{name}/encrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/crypto/{name}/decrypt", unsupported.crypto, ["PUT"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version=alpha),
+        route("/conversation/{name}/converse", unsupported.conversation, ["POST"], version="v1.0-alpha2"),
+    ]
+
+
 def invoke_routes() -> list[BaseRoute]:
     # Other verbs reach the same endpoint through the fallback.
     verbs = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
@@ -189,13 +220,18 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         Exception: _unexpected,
     }
     # Invocation first: its calls go through the whole app again on the target, and a route
-    # missed costs every request the others' matching.
+    # missed costs every request the others' matching. The lock API next to the other
+    # per-request ones; the rarely called runtime, configuration and admin routes after.
     routes = (
         invoke_routes()
         + state_routes()
         + pubsub_routes()
+        + lock_routes()
         + runtime_routes()
         + secrets_routes()
+        + bindings_routes()
+        + configuration_routes()
+        + unsupported_routes()
         + (extra_routes or [])
     )
     routes += [route(path, endpoint, methods, admin.VERSION) for path, endpoint, methods in admin.routes()]
@@ -205,30 +241,13 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
     app = Starlette(routes=routes, exception_handlers=handlers)
     # The fallback is service invocation's route: switched off with it, leaving the router's own.
     app.router.default = _fallback_app if config.api_enabled("v1.0", "invoke/*") else _router_default(routes)
-    app.router.redirect_slashes = False  # DaprPathMiddleware already cleaned the path
+    app.router.redirect_slashes = False  # the entry already cleaned the path
     app.state.sidecar = sidecar
     app.state.max_body_size = sidecar.options.max_body_size
-    guarded: ASGIApp = app
-    if sidecar.options.api_token:
-        guarded = TokenMiddleware(app, sidecar.options.api_token)
-    if sidecar.options.enable_metrics:
-        # Inside the path cleaning, so the block is read from the clean path; outside the token
-        # check, so rejected calls are counted too.
-        guarded = RequestMetricsMiddleware(guarded, sidecar.metrics)
-    if sidecar.options.api_logging:
-        guarded = _api_logging(guarded)
-    # Every response but the health probes' carries the request's traceparent.
-    return DaprPathMiddleware(TraceContextMiddleware(guarded, sidecar.tracer))
-
-
-def _api_logging(app: ASGIApp) -> ASGIApp:
-    """--enable-api-logging: a line per call, as daprd's ``HTTP API Called`` (no query: it may hold
-    metadata values)."""
-    api_log = logging.getLogger("pillion.api")
-
-    async def logged(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            api_log.info("HTTP API Called: %s %s", scope["method"], scope["path"])
-        await app(scope, receive, send)
-
-    return logged
+    served = {r.path for r in routes if isinstance(r, Route)}
+    hot = HotRoutes(
+        get_state=f"/v1.0{GET_STATE}" in served,
+        save_state=f"/v1.0{SAVE_STATE}" in served,
+        publish=f"/v1.0{PUBLISH}" in served,
+    )
+    return ApiEntry(app, sidecar, hot)

@@ -12,8 +12,18 @@ from starlette.responses import Response
 
 from runtime import cloudevents, errors
 from runtime.http.trace_context import request_span
-from runtime.http.wire import JSON, field, no_content, path_param, query_metadata, read_body
+from runtime.http.wire import (
+    JSON,
+    field,
+    metadata_from_query,
+    no_content,
+    path_param,
+    query_metadata,
+    read_body,
+    unescape,
+)
 from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock
+from runtime.tracing import Span
 
 _MISMATCH = "error: mismatch between contentType and event"
 
@@ -30,19 +40,36 @@ def _target(request: Request, metadata: dict[str, str]) -> tuple[PubSubBlock, Br
 
 
 async def publish(request: Request) -> Response:
-    metadata = query_metadata(request)
-    block, entry, topic = _target(request, metadata)
+    params, query = request.path_params, request.scope["query_string"]
+    target = publish_target(_block(request), params["pubsub"], params.get("topic"), query)
     body = await read_body(request)
-    publication = Publication(body, request.headers.get("content-type", ""), _with_baggage(request, metadata))
-    span = request_span(request)
-    await block.publish(entry, topic, publication, span.traceparent, span.tracestate)
+    headers = request.headers
+    content_type, baggage = headers.get("content-type", ""), headers.get("baggage")
+    await publish_body(target, body, content_type, baggage, request_span(request))
     return no_content()
 
 
-def _with_baggage(request: Request, metadata: dict[str, str]) -> dict[str, str]:
+PublishTarget = tuple[PubSubBlock, BrokerEntry, str, dict[str, str]]
+
+
+def publish_target(block: PubSubBlock, raw_pubsub: str, raw_topic: str | None, query: bytes) -> PublishTarget:
+    """POST /v1.0/publish/{pubsub}/{topic}: the broker, checked before the body is read."""
+    metadata = metadata_from_query(query)
+    topic = unescape(raw_topic) if raw_topic is not None else ""
+    return block, block.entry(unescape(raw_pubsub), topic, metadata), topic, metadata
+
+
+async def publish_body(
+    target: PublishTarget, body: bytes, content_type: str, baggage: str | None, span: Span
+) -> None:
+    block, entry, topic, metadata = target
+    publication = Publication(body, content_type, _with_baggage(baggage, metadata))
+    await block.publish(entry, topic, publication, span.traceparent, span.tracestate)
+
+
+def _with_baggage(baggage: str | None, metadata: dict[str, str]) -> dict[str, str]:
     """The caller's W3C ``baggage`` travels with the message and reaches the subscriber as a
     header (daprd drops it, dapr/dapr#10302); ``metadata.baggage`` given explicitly wins."""
-    baggage = request.headers.get("baggage")
     if baggage is None or "baggage" in metadata:
         return metadata
     return {**metadata, "baggage": baggage}
@@ -119,9 +146,10 @@ async def bulk_publish(request: Request) -> Response:
     raw = block.raw_payload(entry, metadata)
     body = await read_body(request)
     entries = _entries(body, entry.name, topic, block.app_id, metadata)
-    if "baggage" in request.headers:
+    baggage = request.headers.get("baggage")
+    if baggage is not None:
         for item in entries:
-            item.publication.metadata = _with_baggage(request, item.publication.metadata)
+            item.publication.metadata = _with_baggage(baggage, item.publication.metadata)
     span = request_span(request)
     failed = await block.bulk_publish(entry, topic, entries, raw, span.traceparent, span.tracestate)
     if not failed:

@@ -12,9 +12,16 @@ from components.state.base import StoredItem
 from runtime.errors import malformed, state_operation_not_supported
 from runtime.http.wire import (
     JSON,
+    NO_CONTENT_REPLY,
+    Headers,
+    Reply,
+    ReplyResponse,
     decode_json,
     encode_value,
     field,
+    json_reply,
+    known_fields,
+    metadata_from_query,
     no_content,
     optional_string,
     path_param,
@@ -22,8 +29,9 @@ from runtime.http.wire import (
     raw_json,
     read_body,
     string_map,
+    unescape,
 )
-from runtime.state import DeleteItem, SaveItem, StateBlock
+from runtime.state import DeleteItem, SaveItem, StateBlock, StoreEntry
 
 
 def _block(request: Request) -> StateBlock:
@@ -37,60 +45,80 @@ def _expire_text(item: StoredItem) -> str | None:
     return item.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_SAVE_FIELDS = frozenset({"key", "value", "etag", "metadata", "options"})
+
+
 def _save_item(raw: Any, query_meta: dict[str, str]) -> SaveItem:
     if not isinstance(raw, dict):
         raise malformed("failed deserializing HTTP body: each state item must be an object")
-    key = field(raw, "key")
+    get = known_fields(raw, _SAVE_FIELDS)
+    key = get("key")
     if key is None or key == "":
         raise malformed('"key" is a required field')
     if not isinstance(key, str):
         raise malformed("failed deserializing HTTP body: key must be a string")
-    etag = optional_string(field(raw, "etag"), "etag")
-    metadata = string_map(field(raw, "metadata"), "metadata")
+    etag = optional_string(get("etag"), "etag")
+    metadata = string_map(get("metadata"), "metadata")
     if query_meta:
         metadata = {**metadata, **query_meta}
-    options = field(raw, "options")
+    options = get("options")
     if options is not None and not isinstance(options, dict):
         raise malformed("failed deserializing HTTP body: options must be an object")
-    options = options or {}
+    concurrency = consistency = ""
+    if options:
+        concurrency = optional_string(field(options, "concurrency"), "options.concurrency")
+        consistency = optional_string(field(options, "consistency"), "options.consistency")
     return SaveItem(
         key=key,
-        value=encode_value(field(raw, "value")),
+        value=encode_value(get("value")),
         etag=etag or None,
         metadata=metadata,
-        concurrency=optional_string(field(options, "concurrency"), "options.concurrency"),
-        consistency=optional_string(field(options, "consistency"), "options.consistency"),
+        concurrency=concurrency,
+        consistency=consistency,
     )
 
 
 async def get_state(request: Request) -> Response:
-    store = path_param(request, "store")
-    key = path_param(request, "key")
-    block = _block(request)
+    params = request.path_params
+    return ReplyResponse(await read_state(_block(request), params["store"], params["key"]))
+
+
+async def read_state(block: StateBlock, raw_store: str, raw_key: str) -> Reply:
+    """GET /v1.0/state/{store}/{key}, from the path parameters as they arrived (still escaped)."""
+    store, key = unescape(raw_store), unescape(raw_key)
     item = await block.get(block.entry(store), key)
     if item is None:
-        return no_content()
-    headers: dict[str, str] = {}
+        return NO_CONTENT_REPLY
+    headers: Headers = []
     if item.etag is not None:
-        headers["etag"] = item.etag
-    expire = _expire_text(item)
-    if expire is not None:
-        headers["metadata.ttlExpireTime"] = expire
-    return Response(item.data, 200, headers, media_type=JSON)
+        headers.append((b"etag", item.etag.encode("latin-1")))
+    if item.expires_at is not None:
+        headers.append((b"metadata.ttlexpiretime", item.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").encode()))
+    return json_reply(200, item.data, headers)
 
 
 async def save_state(request: Request) -> Response:
-    store = path_param(request, "store")
     block = _block(request)
-    entry = block.entry(store)
-    body = decode_json(await read_body(request))
+    entry = check_save_target(block, request.path_params["store"])
+    body = await read_body(request)
+    return ReplyResponse(await write_state(block, entry, body, request.scope["query_string"]))
+
+
+def check_save_target(block: StateBlock, raw_store: str) -> StoreEntry:
+    """The store of POST /v1.0/state/{store}, checked before the body is read."""
+    return block.entry(unescape(raw_store))
+
+
+async def write_state(block: StateBlock, entry: StoreEntry, raw_body: bytes, query: bytes) -> Reply:
+    """POST /v1.0/state/{store} once the body is read."""
+    body = decode_json(raw_body)
     if not isinstance(body, list):
         raise malformed("failed deserializing HTTP body: expected an array of state items")
-    query_meta = query_metadata(request)
+    query_meta = metadata_from_query(query)
     items = [_save_item(raw, query_meta) for raw in body]
     if items:
         await block.save(entry, items)
-    return no_content()
+    return NO_CONTENT_REPLY
 
 
 async def delete_state(request: Request) -> Response:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_plus
 
-from starlette.requests import Request
+from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from runtime import gojson
 from runtime.errors import (
@@ -26,14 +29,22 @@ from runtime.errors import (
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 JSON = "application/json"
 
+Headers = list[tuple[bytes, bytes]]
+# An answer as the hot routes build it: status, headers, body. No Response object on the way.
+Reply = tuple[int, Headers, bytes]
+CONTENT_TYPE_JSON = (b"content-type", JSON.encode())
+
 
 class PathUnescapeError(ValueError):
     """A path parameter with a broken %-escape: daprd answers 400 in plain text."""
 
 
 def path_param(request: Request, name: str) -> str:
+    return unescape(request.path_params[name])
+
+
+def unescape(raw: str) -> str:
     """Path parameters are query-unescaped as daprd does: ``%2F`` is ``/`` and ``+`` a space."""
-    raw: str = request.path_params[name]
     if "%" not in raw and "+" not in raw:
         return raw
     if _BAD_ESCAPE.search(raw):
@@ -42,28 +53,53 @@ def path_param(request: Request, name: str) -> str:
 
 
 def query_metadata(request: Request) -> dict[str, str]:
+    return metadata_from_query(request.scope["query_string"])
+
+
+def metadata_from_query(query: bytes) -> dict[str, str]:
     """``metadata.<k>=<v>`` query values, the first value of a repeated key winning."""
-    if not request.scope["query_string"]:
+    if not query:
         return {}
     found: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
+    for key, value in QueryParams(query).multi_items():
         if key.startswith("metadata.") and key[9:] not in found:
             found[key[9:]] = value
     return found
 
 
 async def read_body(request: Request) -> bytes:
-    limit: int = request.app.state.max_body_size
     declared = request.headers.get("content-length")
+    limit: int = request.app.state.max_body_size
+    return await receive_body(request.receive, None if declared is None else declared.encode(), limit)
+
+
+async def receive_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (declared or received)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise body_too_large(limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
         if size > limit:
             raise body_too_large(limit)
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if size > limit:
+        raise body_too_large(limit)
     return b"".join(chunks)
 
 
@@ -71,14 +107,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON value {name}")
 
 
+# Made once: json.loads and json.dumps build a new decoder or encoder per call when given options.
+_REQUEST_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_VALUE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def decode_json(body: bytes) -> Any:
     """Parse a request body as daprd does (strict JSON: no NaN, no trailing commas)."""
     try:
-        return gojson.settle(json.loads(body, parse_constant=_reject_constant), body)
+        # As json.loads reads bytes: UTF-8, -16 or -32, a UTF-8 byte order mark skipped.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        return gojson.settle(_REQUEST_JSON.decode(text), body)
     except RecursionError:
         raise malformed(f"failed deserializing HTTP body: {gojson.JSONTooDeep()}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise malformed(f"failed deserializing HTTP body: {exc}") from None
+
+
+def known_fields(obj: Mapping[str, Any], names: frozenset[str]) -> Callable[[str], Any]:
+    """A :func:`field` lookup for ``obj``: a plain ``get`` when every key is one of ``names``
+    spelled exactly (the usual case), which then finds the same values."""
+    if obj.keys() <= names:
+        return obj.get
+    return partial(field, obj)
 
 
 def field(obj: Mapping[str, Any], name: str) -> Any:
@@ -112,7 +163,7 @@ def optional_string(value: Any, what: str) -> str:
 def encode_value(value: Any) -> bytes:
     """How a state value is stored: compact JSON with sorted keys, as daprd re-encodes it."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _VALUE_JSON.encode(value)
     except ValueError:
         # Python reads 1e400 as infinity, which has no JSON spelling; Go refuses the number.
         raise malformed("failed deserializing HTTP body: a number in the value is out of range") from None
@@ -135,19 +186,46 @@ def raw_json(data: bytes) -> bytes:
 
 
 NO_CONTENT = 204
+NO_CONTENT_REPLY: Reply = (NO_CONTENT, [], b"")
 
 
 def no_content() -> Response:
     return Response(status_code=NO_CONTENT)
 
 
-def error_response(error: APIError) -> Response:
+class ReplyResponse(Response):
+    """A :data:`Reply` served through Starlette, headers exactly as built."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.status_code, self.raw_headers, self.body = reply
+        self.background = None
+
+
+def json_reply(status: int, body: bytes, headers: Headers | None = None) -> Reply:
+    """A JSON body, with the headers Starlette's Response would write, in its order."""
+    found = headers or []
+    found.append((b"content-length", str(len(body)).encode()))
+    found.append(CONTENT_TYPE_JSON)
+    return status, found, body
+
+
+def error_reply(error: APIError) -> Reply:
     """daprd's JSON error body; the details are those the error names, in its order."""
     payload: dict[str, Any] = {"errorCode": str(error.code), "message": error.message}
     if error.details:
         payload["details"] = [_detail(d) for d in error.details]
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return Response(body.encode(), error.status, media_type=JSON)
+    return json_reply(error.status, body.encode())
+
+
+def error_response(error: APIError) -> Response:
+    return ReplyResponse(error_reply(error))
+
+
+def text_reply(status: int, text: str) -> Reply:
+    body = text.encode()
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
+    return status, headers, body
 
 
 _GOOGLE_RPC = "type.googleapis.com/google.rpc."
