@@ -18,8 +18,9 @@ from runtime.compat_flags import add_ignored_flags, warn_ignored
 from runtime.dashboard import cli as dashboard_cli
 from runtime.http.connections import RESERVED_DESCRIPTORS, ConnectionLimits, raise_open_file_limit
 from runtime.jsonlog import JsonFormatter
+from runtime.ports import free_port
 from runtime.resources import ResourceError
-from runtime.run import free_port, run
+from runtime.run import run
 from runtime.service_invocation import InvocationOptions
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -33,14 +32,6 @@ from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 log = logging.getLogger("pillion.run")
 APP_PREFIX = b"== APP == "
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now, for a port `pillion run` was not given."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def app_environment(options: SidecarOptions, api_token: str | None, grpc_port: int | None) -> dict[str, str]:
