@@ -16,6 +16,7 @@ from runtime import __version__, deadletters_cli, secrets_cli, status
 from runtime.app_health import HealthCheck
 from runtime.compat_flags import add_ignored_flags, warn_ignored
 from runtime.dashboard import cli as dashboard_cli
+from runtime.http.connections import RESERVED_DESCRIPTORS, ConnectionLimits, raise_open_file_limit
 from runtime.jsonlog import JsonFormatter
 from runtime.ports import free_port
 from runtime.resources import ResourceError
@@ -179,6 +180,28 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         default=5.0,
         help="seconds in-flight deliveries may take to finish when stopping (5)",
     )
+    limits = parser.add_argument_group("connections to the API")
+    limits.add_argument(
+        "--http-read-header-timeout",
+        type=_duration(1.0),
+        default=10.0,
+        metavar="DURATION",
+        help="time a client has to send a request's headers, as daprd (10s)",
+    )
+    limits.add_argument(
+        "--http-read-body-timeout",
+        type=_duration(1.0),
+        default=60.0,
+        metavar="DURATION",
+        help="time a client has to send a request's body once its headers came (60s)",
+    )
+    limits.add_argument(
+        "--http-max-connections",
+        type=_positive_int,
+        default=None,
+        help="connections served at once; beyond it only health probes are answered "
+        f"(the open-file limit less {RESERVED_DESCRIPTORS})",
+    )
     _add_invocation_flags(parser, short)
     add_ignored_flags(parser, run_mode)
     health = parser.add_argument_group("app health checks (deliveries pause while the app is unhealthy)")
@@ -341,6 +364,9 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         metrics_port=args.metrics_port,
         api_token=_api_token(args),
         app_health=_health_check(args),
+        connection_limits=ConnectionLimits(
+            args.http_read_header_timeout, args.http_read_body_timeout, args.http_max_connections
+        ),
         grpc_port=args.dapr_grpc_port,
         app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
@@ -413,7 +439,12 @@ def _serve(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         check_listen_address(options, args.allow_remote_access)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(Sidecar(options).serve())
+            try:
+                runner.run(Sidecar(options).serve())
+            except (ResourceError, StartupError) as exc:
+                # Said before the loop closes: closing it waits for whatever tasks are left.
+                tell(args, str(exc), logging.ERROR)
+                return 1
     except (ResourceError, StartupError) as exc:
         tell(args, str(exc), logging.ERROR)
         return 1
@@ -445,7 +476,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         tell(args, f"app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}")
         prefix = f"== APP{label} == ".encode()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(run(options, command, args.app_grace_period, options.api_token, prefix))
+            try:
+                return runner.run(run(options, command, args.app_grace_period, options.api_token, prefix))
+            except (ResourceError, StartupError) as exc:
+                tell(args, str(exc), logging.ERROR)
+                return 1
     except (ResourceError, StartupError) as exc:
         tell(args, str(exc), logging.ERROR)
         return 1
@@ -487,6 +522,8 @@ def certs(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("serve", "run"):
+        raise_open_file_limit()
     if args.command == "serve":
         return _serve(args)
     if args.command == "run":

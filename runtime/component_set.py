@@ -22,6 +22,7 @@ from components import registry
 from components.base import Component, ComponentContext
 from components.secretstores.base import SecretStore
 from runtime.block import BuildingBlock, ComponentProblem, LoadedComponent
+from runtime.deadlines import close_component, within
 from runtime.resources import ComponentResource, ResourceError, validate_component
 from runtime.secrets import SECRET_STORES, Redactor, init_order, resolve_references, secret_values
 from runtime.unsupported import NotLoaded, set_aside
@@ -215,7 +216,7 @@ class ComponentSet:
             context = replace(context, shared_dir=self.shared_dir)
         try:
             instance: Component = cls(metadata, context)
-            await asyncio.wait_for(instance.init(), resource.init_timeout)
+            await within(instance.init(), resource.init_timeout, f"init of component {resource.name}")
         except Exception as exc:
             problem = self.redactor.redact(str(exc) or type(exc).__name__)
             if isinstance(exc, TimeoutError):
@@ -249,7 +250,4 @@ class ComponentSet:
 
 async def _close(components: Iterable[LoadedComponent]) -> None:
     for loaded in components:
-        try:
-            await loaded.instance.close()
-        except Exception as exc:
-            log.warning("closing component %s failed: %s", loaded.resource.name, exc)
+        await close_component(loaded.resource.name, loaded.instance)

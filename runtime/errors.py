@@ -300,6 +300,21 @@ def state_store_not_found(store: str, app_id: str) -> APIError:
     )
 
 
+def state_key_not_held(store: str, key: str, problem: str) -> APIError:
+    """A key the store cannot hold (see KeyLimits): refused as daprd refuses an illegal key."""
+    shown = repr(key[:64] + ("..." if len(key) > 64 else ""))
+    message = f"input key {shown} {problem}"
+    return _error(
+        400,
+        GrpcCode.INVALID_ARGUMENT,
+        Code.MALFORMED_REQUEST,
+        message,
+        ErrorInfo("DAPR_STATE_ILLEGAL_KEY"),
+        ResourceInfo("state", store),
+        BadRequest(shown, message),
+    )
+
+
 def state_illegal_key(store: str, key: str) -> APIError:
     message = f"input key/keyPrefix '{key}' can't contain '||'"
     return _error(

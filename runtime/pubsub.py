@@ -16,6 +16,7 @@ from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOpti
 from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import cloudevents, errors
 from runtime.block import BlockContext, LoadedComponent
+from runtime.deadlines import CLOSE_TIMEOUT
 from runtime.subscriptions import Subscription, merge, parse_go_bool, streaming
 from runtime.tracing import Span, Tracer
 
@@ -512,9 +513,13 @@ class PubSubBlock:
             log.warning("%d subscriptions still delivering after %gs; interrupting", len(late), drain_timeout)
             for subscription in running:
                 subscription.deliverer.cancel_all()
-            await asyncio.gather(*late, return_exceptions=True)
+            _, stuck = await asyncio.wait(late, timeout=CLOSE_TIMEOUT)
+            if stuck:
+                log.error("%d subscriptions did not close within %gs; left behind", len(stuck), CLOSE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
         for task in closing:
-            if not task.cancelled() and task.exception() is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("closing a subscription failed: %s", task.exception())
 
     async def stop_subscriptions(self, drain_timeout: float) -> None:

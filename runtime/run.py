@@ -3,11 +3,16 @@
 The sidecar runs in this process and is serving before the app starts, so an app that calls it
 first thing never races it. The app runs as a child in its own process group:
 
-* the app exits -> the sidecar drains and this process exits with the app's exit code;
-* the sidecar fails -> the app's whole process group gets SIGTERM, then SIGKILL after a grace;
-* SIGINT/SIGTERM here -> forwarded to the app's process group (a second one kills it);
-* this process is SIGKILLed -> a tiny watchdog (``sh``, in its own session) sees its pipe close
-  and stops the app's process group the same way, so no orphan is left behind.
+* the app exits -> the sidecar drains, whatever the app left running is stopped, and this process
+  exits with the app's exit code;
+* the sidecar fails -> the app and everything it started get SIGTERM, then SIGKILL after a grace;
+* SIGINT/SIGTERM here -> forwarded to the app's process group; SIGKILL after the grace period
+  (or at once on a second signal);
+* this process is SIGKILLed -> a watchdog (``runtime.app_processes``, in its own session) sees its
+  pipe close and stops the app and its descendants the same way.
+
+"Everything the app started" is every descendant, also one that double-forked and called
+``setsid()``: see runtime/app_processes.py for how they are found.
 """
 
 from __future__ import annotations
@@ -18,18 +23,15 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 
+from runtime import app_processes
+from runtime.deadlines import STOP_SLACK, exit_after
 from runtime.sidecar import Sidecar, SidecarOptions, StartupError
 
 log = logging.getLogger("pillion.run")
 APP_PREFIX = b"== APP == "
-
-# Reads its stdin until EOF (the parent is gone, however it died), then stops the group.
-_WATCHDOG = (
-    'while read -r _; do :; done; kill -s TERM -- "-$1" 2>/dev/null || exit 0; '
-    'sleep "$2"; kill -s KILL -- "-$1" 2>/dev/null; exit 0'
-)
 
 
 def app_environment(options: SidecarOptions, api_token: str | None, grpc_port: int | None) -> dict[str, str]:
@@ -99,7 +101,9 @@ class AppSupervisor:
     ) -> None:
         self.prefix = prefix
         self.command = list(command)
-        self.env = env
+        # Inherited by every descendant of the app, so that each can be found again.
+        self.marker = uuid.uuid4().hex
+        self.env = {**env, app_processes.MARKER: self.marker}
         self.grace = grace
         self.process: asyncio.subprocess.Process | None = None
         self.watchdog: asyncio.subprocess.Process | None = None
@@ -107,6 +111,8 @@ class AppSupervisor:
         self._signals_seen = 0
 
     async def start(self) -> None:
+        if not app_processes.become_subreaper():
+            log.warning("processes the app detaches (setsid) cannot be adopted on this system")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -120,11 +126,11 @@ class AppSupervisor:
             raise StartupError(f"cannot start the app {self.command[0]!r}: {exc.strerror or exc}") from None
         pgid = self.process.pid
         self.watchdog = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            _WATCHDOG,
-            "pillion-watchdog",
-            str(pgid),
+            sys.executable,
+            "-m",
+            "runtime.app_processes",
+            self.marker,
+            str(os.getpid()),
             f"{self.grace:g}",
             stdin=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -141,25 +147,56 @@ class AppSupervisor:
         assert self.process is not None
         return self.process.pid
 
-    def forward(self, sig: int) -> None:
+    @property
+    def signalled(self) -> bool:
+        return self._signals_seen > 0
+
+    def forward(self, sig: int) -> bool:
+        """Pass a signal on to the app; True for the first one. The app then has its grace period
+        to exit before it is killed, and a second signal kills it at once."""
         self._signals_seen += 1
         if self._signals_seen > 1:
             log.warning("second signal: killing the app")
             signal_group(self.pgid, signal.SIGKILL)
-        else:
-            log.info("forwarding %s to the app", signal.Signals(sig).name)
-            signal_group(self.pgid, sig)
+            return False
+        log.info("forwarding %s to the app", signal.Signals(sig).name)
+        signal_group(self.pgid, sig)
+        asyncio.get_running_loop().call_later(self.grace, self._kill_late)
+        return True
+
+    def _kill_late(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            log.warning("the app is still running %.1fs after the signal: SIGKILL", self.grace)
+            signal_group(self.pgid, signal.SIGKILL)
+
+    async def _stop_strays(self) -> None:
+        """Descendants that left the app's group (double fork, setsid) or outlived the app."""
+        spare = [self.watchdog.pid] if self.watchdog is not None else []
+        strays = [p for p in app_processes.find(self.marker, os.getpid(), spare) if p.pid != self.pgid]
+        if not strays:
+            return
+        log.info(
+            "stopping %d processes the app left running: %s",
+            len(strays),
+            " ".join(str(p.pid) for p in strays),
+        )
+        killed = await asyncio.to_thread(app_processes.stop, strays, self.grace)
+        if killed:
+            log.warning(
+                "processes %s ignored SIGTERM for %.1fs: killed", " ".join(map(str, killed)), self.grace
+            )
 
     async def wait(self) -> int:
         assert self.process is not None
         return await self.process.wait()
 
     async def stop(self) -> None:
-        """Leave nothing behind: the app's group (its children included), then the watchdog."""
+        """Leave nothing behind: the app's group, every other descendant, then the watchdog."""
         if self.process is not None:
             await stop_group(self.pgid, self.grace)
             with contextlib.suppress(ProcessLookupError):
                 await self.process.wait()
+            await self._stop_strays()
         if self.watchdog is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.watchdog.kill()
@@ -187,6 +224,7 @@ async def run(
     serving = asyncio.create_task(sidecar.serve(handle_signals=False))
     while not sidecar.serving:
         if serving.done():
+            exit_after(STOP_SLACK, "start-up failed")
             serving.result()  # raises the start-up error
             return 1
         await asyncio.sleep(0.005)
@@ -207,12 +245,21 @@ async def run(
     sidecar.extended.update(
         {"appPID": str(app.pgid), "appCommand": " ".join(command), "cliPID": str(os.getpid())}
     )
+    # However it stops, this process ends within this bound: the app's grace, the drain, the rest.
+    stop_bound = grace + options.drain_timeout + STOP_SLACK
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        if app.forward(sig):
+            exit_after(stop_bound, signal.Signals(sig).name)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, app.forward, sig)
+        loop.add_signal_handler(sig, on_signal, sig)
     app_exit = asyncio.create_task(app.wait())
     try:
         done, _ = await asyncio.wait({app_exit, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if not app.signalled:
+            exit_after(stop_bound, "the app exited" if app_exit in done else "the sidecar stopped")
         if app_exit in done:
             code = exit_code(app_exit.result())
             log.info("app exited with code %d; stopping the sidecar", code)

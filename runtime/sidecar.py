@@ -23,6 +23,8 @@ from runtime.block_hooks import AppFacing
 from runtime.blocks import Blocks
 from runtime.component_set import ComponentSet, StartupError
 from runtime.configuration import Configuration, load_configuration
+from runtime.deadlines import STOP_SLACK, exit_after
+from runtime.http.connections import ConnectionLimits, protocol_class
 from runtime.metrics import InFlightCollector, Metrics, MetricsServer
 from runtime.pubsub import PubSubBlock
 from runtime.resiliency import Resiliency, load_resiliency
@@ -70,6 +72,8 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
+    # Deadlines on reading a request and the cap on connections (--http-read-*, --http-max-connections).
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken;
     # 0 takes any free port (pillion run).
     grpc_port: int | None = None
@@ -161,6 +165,8 @@ class Sidecar:
     async def start_components(self, resources: list[ComponentResource]) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self.redactor)
+        # Whatever a library logs (a header dump at debug level), the tokens never show.
+        self.redactor.add(t for t in (self.options.api_token, os.environ.get("APP_API_TOKEN")) if t)
         # Input bindings and configuration pushes speak HTTP to the app; a gRPC app gets neither
         # (docs/grpc.md: not implemented).
         channel = self._http_app_channel if self._app_speaks_http() else None
@@ -425,11 +431,13 @@ class Sidecar:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                http="httptools",
+                http=protocol_class(self.options.connection_limits),
+                ws="none",  # nothing in the API is a WebSocket
                 timeout_graceful_shutdown=5,
                 server_header=False,
                 proxy_headers=False,
-            )
+            ),
+            self.options.drain_timeout,
         )
         self._server = server
         try:
@@ -468,6 +476,8 @@ class Sidecar:
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
                 await server.serve(sockets=[sock])
         finally:
+            if handle_signals:
+                exit_after(self.options.drain_timeout + STOP_SLACK, "stopping began")
             if self.grpc is not None:
                 await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
@@ -563,6 +573,10 @@ class _Server(uvicorn.Server):
     """uvicorn's server without its signal re-raise: Pillion closes its components after the
     server stops, and re-raising SIGTERM would kill the process before SQLite is checkpointed."""
 
+    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.drain_timeout = drain_timeout
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -579,7 +593,10 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
-        log.info("received %s, shutting down", signal.Signals(sig).name)
+        name = signal.Signals(sig).name
+        log.info("received %s, shutting down", name)
         if self.should_exit:
             self.force_exit = True
+        else:
+            exit_after(self.drain_timeout + STOP_SLACK, name)
         self.should_exit = True

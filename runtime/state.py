@@ -132,9 +132,13 @@ def _check_options(concurrency: str, consistency: str) -> None:
         raise OptionError(f"unrecognized consistency model '{consistency}'")
 
 
-def check_key(store: str, key: str) -> None:
+def check_key(entry: StoreEntry, key: str) -> None:
+    """400 for a key the request may not use, or the store cannot hold, before any is used."""
     if "||" in key:
-        raise errors.state_illegal_key(store, key)
+        raise errors.state_illegal_key(entry.name, key)
+    problem = entry.store.key_limits.problem(entry.prefix + key)
+    if problem is not None:
+        raise errors.state_key_not_held(entry.name, key, problem)
 
 
 class StateBlock:
@@ -203,7 +207,7 @@ class StateBlock:
 
     async def get(self, entry: StoreEntry, key: str) -> StoredItem | None:
         store = entry.name
-        check_key(store, key)
+        check_key(entry, key)
         try:
             return await entry.call(lambda: entry.store.get(entry.prefix + key))
         except Exception as exc:
@@ -213,7 +217,7 @@ class StateBlock:
     async def bulk_get(self, entry: StoreEntry, keys: Sequence[str]) -> list[StoredItem | None]:
         store = entry.name
         for key in keys:
-            check_key(store, key)
+            check_key(entry, key)
         if not keys:
             return []
         try:
@@ -240,7 +244,7 @@ class StateBlock:
     async def save(self, entry: StoreEntry, items: Sequence[SaveItem]) -> None:
         store = entry.name
         for item in items:
-            check_key(store, item.key)
+            check_key(entry, item.key)
         # Every item is checked before anything is written, so bad input never half-applies.
         try:
             ops = [self._set_op(entry.prefix, item) for item in items]
@@ -267,7 +271,7 @@ class StateBlock:
 
     async def delete(self, entry: StoreEntry, item: DeleteItem) -> None:
         store = entry.name
-        check_key(store, item.key)
+        check_key(entry, item.key)
         try:
             op = self._delete_op(entry.prefix, item)
             await entry.call(lambda: entry.store.delete(op))
@@ -290,7 +294,7 @@ class StateBlock:
         store, prefix = entry.name, entry.prefix
         target = self.transactional(entry)
         for item in ops:
-            check_key(store, item.key)
+            check_key(entry, item.key)
         limit = target.max_operations
         if limit is not None and len(ops) > limit:
             raise errors.state_too_many_operations(len(ops), limit)

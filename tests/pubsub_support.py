@@ -251,13 +251,14 @@ def running(
     resources: dict[str, str],
     app_id: str = "subscriber",
     env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> Iterator[SidecarProcess]:
     """A sidecar for ``app`` that is ready (healthz 204: its subscriptions have started)."""
     sidecar = start_sidecar(
         workdir,
         app_id=app_id,
         resources=resources,
-        extra_args=["--app-port", str(app.port)],
+        extra_args=["--app-port", str(app.port), *(extra_args or [])],
         env=env,
         wait_path="/v1.0/healthz",
     )

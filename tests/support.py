@@ -98,6 +98,7 @@ def start_sidecar(
     port: int | None = None,
     wait_path: str = "/v1.0/healthz/outbound",
     timeout: float = 60,
+    open_files: int | None = None,
     isolated: bool = True,
 ) -> SidecarProcess:
     """Start a sidecar and wait until ``wait_path`` answers 204; fail with its log otherwise.
@@ -134,7 +135,11 @@ def start_sidecar(
     log_path = workdir / f"sidecar-{port}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, env=full_env)
+        # prlimit(1) sets the sidecar's open-file limit (a preexec_fn is unsafe in threaded tests).
+        limit = ["prlimit", f"--nofile={open_files}:{open_files}"] if open_files else []
+        proc = subprocess.Popen(
+            limit + args, stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir, env=full_env
+        )
     sidecar = SidecarProcess(proc, port, app_id, log_path, data_dir, args, grpc_port)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Schemathesis against a live sidecar on each state store (issue 7).
+"""Schemathesis against a live sidecar on each state store (issues 7 and 13).
 
 Every documented operation but shutdown is fuzzed with data that fits docs/openapi.yaml and data
 that does not. A response fails the run when its status, content type, headers or body break the
@@ -51,12 +51,15 @@ EXAMPLES = int(os.environ.get("PILLION_FUZZ_EXAMPLES", "5"))
 REQUEST_TIMEOUT = 10.0
 # Shutdown would end the run; /metrics is another server (tests/test_metrics.py covers it).
 SKIPPED = {("POST", "/v1.0/shutdown"), ("GET", "/metrics")}
-# Each state store is fuzzed with the broker of the same kind beside it.
+# Each state store is fuzzed with the broker of the same kind beside it (PostgreSQL, which has
+# none, with the embedded one).
 BROKERS = {
     "in-memory": pubsub_support.in_memory,
     "sqlite": pubsub_support.sqlite,
     "redis": pubsub_support.redis,
+    "postgresql": pubsub_support.sqlite,
 }
+SERVICES = {"redis": "redis_url", "postgresql": "postgres_url"}
 SECRETS = {"db-password": "hunter2", "nested": {"a": "1", "b": ["x", "y"]}}
 
 
@@ -208,7 +211,7 @@ class Fuzzed:
 @pytest.fixture(params=sorted(BROKERS))
 def sidecar(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fuzzed]:
     kind: str = request.param
-    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    url = str(request.getfixturevalue(SERVICES[kind])) if kind in SERVICES else ""
     metrics_port = free_port()
     proc = start_sidecar(
         tmp_path,

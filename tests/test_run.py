@@ -162,3 +162,77 @@ def test_missing_app_command_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot start the app '/nonexistent/app'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# An app that leaves its group and its tree: a grandchild that double-forks and calls setsid(),
+# then the app goes on (sleep) or exits at once (exit).
+ESCAPING_APP = textwrap.dedent(
+    """
+    import os, sys, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(sys.argv[1], "w") as f:
+                f.write(str(os.getpid()))
+            os.closerange(0, 3)
+            time.sleep(300)
+        os._exit(0)
+    os.wait()
+    while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
+        time.sleep(0.01)
+    if sys.argv[2] == "sleep":
+        time.sleep(300)
+    """
+)
+
+
+def start_escaping(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], int]:
+    app = tmp_path / "escaping.py"
+    app.write_text(ESCAPING_APP)
+    pid_file = tmp_path / "grandchild"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "run",
+            "--app-id",
+            "escaping",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--app-grace-period",
+            "2",
+            "--",
+            sys.executable,
+            str(app),
+            str(pid_file),
+            mode,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the app did not start its grandchild"
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert os.getsid(grandchild) != os.getsid(proc.pid), "the grandchild is in a session of its own"
+    return proc, grandchild
+
+
+def test_a_detached_grandchild_is_stopped_when_the_app_exits(tmp_path: Path) -> None:
+    proc, grandchild = start_escaping(tmp_path, "exit")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopping 1 processes the app left running" in err
+    wait_gone([grandchild], timeout=5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_detached_grandchild_is_stopped_when_pillion_run_is_signalled(tmp_path: Path, sig: int) -> None:
+    proc, grandchild = start_escaping(tmp_path, "sleep")
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    wait_gone([grandchild], timeout=2 + 5)

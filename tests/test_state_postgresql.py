@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -164,6 +165,32 @@ def test_an_etag_that_is_not_a_uuid_is_400(api: httpx.Client, key: str) -> None:
     deleted = api.delete(f"/v1.0/state/{STORE}/{key}", headers={"If-Match": "x'; DROP TABLE state; --"})
     assert (deleted.status_code, deleted.json()["errorCode"]) == (400, "ERR_STATE_DELETE")
     assert api.get(f"/v1.0/state/{STORE}/{key}").content == b"1"
+
+
+@pytest.mark.parametrize("bad", ["nul\x00key", "k" * 9 * 1024], ids=["nul", "9kib"])
+def test_a_key_postgresql_cannot_hold_is_400_before_the_store_is_asked(
+    sidecar: SidecarProcess, api: httpx.Client, bad: str
+) -> None:
+    """PostgreSQL text has no NUL and its index no room for 9 KiB: every operation answers 400
+    ERR_MALFORMED_REQUEST (as for any illegal key), and no store error is counted."""
+    quoted = quote(bad, safe="")
+    answers = [
+        save(api, {"key": bad, "value": 1}),
+        api.get(f"/v1.0/state/{STORE}/{quoted}"),
+        api.delete(f"/v1.0/state/{STORE}/{quoted}"),
+        api.post(f"/v1.0/state/{STORE}/bulk", json={"keys": ["fine", bad]}),
+        api.post(
+            f"/v1.0/state/{STORE}/transaction",
+            json={"operations": [{"operation": "upsert", "request": {"key": bad, "value": 1}}]},
+        ),
+    ]
+    for answer in answers:
+        assert (answer.status_code, answer.json()["errorCode"]) == (400, "ERR_MALFORMED_REQUEST"), answer.text
+        assert "state store holds keys" in answer.json()["message"] or "NUL" in answer.json()["message"]
+    longest = "k" * (2600 - len(f"{APP_ID}||"))
+    assert save(api, {"key": longest, "value": 2}).status_code == 204
+    assert api.get(f"/v1.0/state/{STORE}/{longest}").content == b"2"
+    assert "Traceback" not in sidecar.log()
 
 
 # --- TTL sweep ----------------------------------------------------------------------------------

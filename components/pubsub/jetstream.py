@@ -297,7 +297,6 @@ class JetStreamPubSub:
     # --- life cycle -------------------------------------------------------------------------
 
     async def init(self) -> None:
-        import nats
         from nats.errors import Error as NatsError
 
         options: dict[str, Any] = {
@@ -330,23 +329,26 @@ class JetStreamPubSub:
         try:
             # A probe that gives up at once, so that a wrong natsURL stops the sidecar with one line;
             # the client proper then reconnects for as long as the sidecar runs.
-            probe = await nats.connect(
+            probe = await _dial(
                 self.url,
-                **{**options, "allow_reconnect": False, "max_reconnect_attempts": 1, "error_cb": note},
+                {**options, "allow_reconnect": False, "max_reconnect_attempts": 1, "error_cb": note},
             )
         except (NatsError, OSError, TimeoutError) as exc:
             reason = problems[-1] if problems else str(exc) or type(exc).__name__
             raise RuntimeError(f"cannot reach NATS at {self.url}: {reason}") from None
         await probe.close()
-        self._nc = await nats.connect(self.url, **options)
-        self._js = self._nc.jetstream(**js_options)
+        client = await _dial(self.url, options)
+        js = client.jetstream(**js_options)
         try:
-            await self._js.account_info()
-        except Exception as exc:
-            await self._nc.close()
+            await js.account_info()
+        except BaseException as exc:
+            await asyncio.shield(client.close())
+            if not isinstance(exc, Exception):
+                raise
             raise RuntimeError(
                 f"NATS at {self.url} has no JetStream (start nats-server with -js): {exc}"
             ) from None
+        self._nc, self._js = client, js
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("pubsub %s: NATS connection: %s", self.name, exc or type(exc).__name__)
@@ -438,6 +440,10 @@ class JetStreamPubSub:
             # JetStream drops a second message with the same id within its duplicate window.
             headers["Nats-Msg-Id"] = message_id
         js = self._jetstream()
+        if self._nc is not None and not self._nc.is_connected:
+            # The client would buffer the message until it reconnects, holding the request until
+            # the ack times out: say at once that the server is away.
+            raise RuntimeError(f"not connected to NATS at {self.url} (reconnecting)")
         if subject not in self._stored_subjects:
             await self.stream_for(subject)
             self._stored_subjects.add(subject)
@@ -670,3 +676,17 @@ class PullSubscription:
             for msg in list(self._held.values()):
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+
+
+async def _dial(url: str, options: dict[str, Any]) -> NATS:
+    """A connected client; one whose connect failed or was cancelled is closed, not left with an
+    open socket."""
+    from nats.aio.client import Client
+
+    client = Client()
+    try:
+        await client.connect(url, **options)
+    except BaseException:
+        await asyncio.shield(client.close())
+        raise
+    return client

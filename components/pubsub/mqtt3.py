@@ -162,9 +162,12 @@ class MQTTPubSub:
         self.instance = short_hash(socket.gethostname(), str(self._sessions_dir), self.name, str(slot))
         try:
             self._publisher = await self._connect(None, clean_session=True)
-        except Exception as exc:
-            await asyncio.to_thread(lease.close)
+        except BaseException as exc:
+            # Also when cancelled: the slot is free again for the next attempt.
+            lease.close()
             self._lease = None
+            if not isinstance(exc, Exception):
+                raise
             raise RuntimeError(f"cannot reach the MQTT broker at {self.where()}: {exc}") from None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -226,7 +229,14 @@ class MQTTPubSub:
         # Before connecting: a persistent session starts sending what it kept at once.
         # aiomqtt has no public switch for this yet (aiomqtt#345); paho-mqtt 2 has.
         client._client.manual_ack_set(True)
-        await client.__aenter__()
+        _register_writes_safely(client)
+        try:
+            await client.__aenter__()
+        except BaseException:
+            # aiomqtt keeps the socket and its housekeeping task of a connect that got no CONNACK
+            # in time, or was cancelled: drop both, or they outlive the attempt.
+            client._client._reset_sockets()
+            raise
         return client
 
     async def close(self) -> None:
@@ -256,15 +266,37 @@ class MQTTPubSub:
     async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
         from aiomqtt import MqttError
 
-        client = self._publisher
-        if client is None:
-            client = await self._reconnect_publisher()
         try:
-            # Returns after PUBACK (QoS 1) or PUBCOMP (QoS 2): the broker has the message.
-            await client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
-        except MqttError:
-            client = await self._reconnect_publisher(client)
-            await client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
+            client = self._publisher
+            if client is None:
+                client = await self._reconnect_publisher()
+            try:
+                await self._publish_on(client, topic, data)
+            except MqttError:
+                client = await self._reconnect_publisher(client)
+                await self._publish_on(client, topic, data)
+        except MqttError as exc:
+            raise RuntimeError(f"cannot reach the MQTT broker at {self.where()}: {exc}") from None
+
+    async def _publish_on(self, client: aiomqtt.Client, topic: str, data: bytes) -> None:
+        """Return after PUBACK (QoS 1) or PUBCOMP (QoS 2): the broker has the message. A lost
+        connection fails the publish at once; aiomqtt would wait out its timeout for the ack."""
+        from aiomqtt import MqttError
+
+        publishing = asyncio.ensure_future(
+            client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
+        )
+        lost = asyncio.shield(client._disconnected)
+        try:
+            done, _ = await asyncio.wait({publishing, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not publishing.done():
+                publishing.cancel()
+        if publishing in done:
+            publishing.result()
+            return
+        raise MqttError("the connection to the broker was lost before it acknowledged the message")
 
     async def _reconnect_publisher(self, broken: aiomqtt.Client | None = None) -> aiomqtt.Client:
         async with self._publisher_lock:
@@ -406,9 +438,51 @@ class SharedSubscription:
             self._slots.release()
 
 
+def _register_writes_safely(client: aiomqtt.Client) -> None:
+    """aiomqtt asks the loop to watch the socket for writing a moment after paho asks it to;
+    if the connection closed in between, the loop is handed a closed descriptor and logs a
+    traceback (uvloop: "Bad file descriptor"), and the broken connection goes unnoticed. The
+    same, but only while the socket is paho's, and a refusal ends the session."""
+    from aiomqtt import MqttError
+
+    loop = asyncio.get_running_loop()
+    paho = client._client
+
+    def register(mqttc: Any, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                mqttc.loop_write()
+            except Exception as exc:  # a broken pipe: the connection is gone
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            if mqttc.socket() is not sock:
+                return
+            try:
+                loop.add_writer(sock.fileno(), write)
+            except (OSError, RuntimeError) as exc:
+                # uvloop already dropped its watch on this descriptor (the connection broke), so
+                # paho would not hear of it until the keep-alive ran out: end the session now.
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(MqttError(f"connection lost ({exc})"))
+
+        # paho may call this from the thread that connects, hence the thread-safe hop.
+        loop.call_soon_threadsafe(watch)
+
+    paho.on_socket_register_write = register
+
+
 async def _disconnect(client: aiomqtt.Client) -> None:
     with contextlib.suppress(Exception):
         await client.__aexit__(None, None, None)
+    # A connection that broke under paho's feet may still hold its socket.
+    with contextlib.suppress(Exception):
+        client._client._reset_sockets()
+    # How the connection ended is known by now; unread, asyncio would log it with a traceback.
+    ended = client._disconnected
+    if ended.done() and not ended.cancelled():
+        ended.exception()
 
 
 def session_client_ids(data_dir: Path) -> list[str]:

@@ -43,6 +43,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pillion.pubsub.rabbitmq")
 
+
+class _ExpectedClose(logging.Filter):
+    """aiormq logs a broker closing the connection (a restart) with a traceback; the robust
+    connection reconnects by itself, so the line stays and the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiormq.exceptions import ConnectionClosed
+
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionClosed):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("aiormq.connection").addFilter(_ExpectedClose())
+
 # A message whose handler raised goes back to the queue after this pause: requeued at once, it
 # would come straight back (RabbitMQ requeues at the head) and spin while the cause lasts.
 _REQUEUE_AFTER = 1.0
@@ -269,21 +285,29 @@ class RabbitMQPubSub:
     # --- life cycle -------------------------------------------------------------------------
 
     async def init(self) -> None:
-        import aio_pika
+        from aio_pika import RobustConnection
+        from aio_pika.connection import make_url
         from aiormq.exceptions import AMQPError
 
+        # Made here rather than by aio_pika.connect_robust so that a connect that fails or is
+        # cancelled half-way can be closed: the robust connection's reconnect task takes a
+        # cancellation for a lost connection and would otherwise keep dialling for ever.
+        connection = RobustConnection(
+            make_url(self.url, reconnect_interval=self.reconnect_wait),
+            client_properties={"connection_name": self.client_name},
+            reconnect_interval=self.reconnect_wait,
+        )
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.url,
-                client_properties={"connection_name": self.client_name},
-                reconnect_interval=self.reconnect_wait,
-                timeout=10,
-            )
-        except (AMQPError, OSError, TimeoutError) as exc:
-            raise RuntimeError(
-                f"cannot reach RabbitMQ at {self.where()}: {exc or type(exc).__name__}"
-            ) from None
-        self._publisher = await self._connection.channel(publisher_confirms=True)
+            await connection.connect(timeout=10)
+            self._publisher = await connection.channel(publisher_confirms=True)
+        except BaseException as exc:
+            await asyncio.shield(connection.close())
+            if isinstance(exc, AMQPError | OSError | TimeoutError):
+                raise RuntimeError(
+                    f"cannot reach RabbitMQ at {self.where()}: {exc or type(exc).__name__}"
+                ) from None
+            raise
+        self._connection = connection
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
@@ -331,6 +355,11 @@ class RabbitMQPubSub:
         from aio_pika import DeliveryMode
         from aio_pika import Message as AMQPMessage
 
+        connection = self._open()
+        if not connection.connected.is_set():
+            # A robust channel would hold the publish until the connection is back: say at once
+            # that the broker is away instead.
+            raise RuntimeError(f"not connected to RabbitMQ at {self.where()} (reconnecting)")
         ttl = message_ttl(metadata)
         if ttl is None and self.default_ttl:
             ttl = float(self.default_ttl)

@@ -35,6 +35,33 @@ class ETagInvalid(Exception):
         self.key = key
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """The keys a store can hold, as stored (the runtime's key prefix included). The building
+    block refuses any other key with 400 before the store sees it."""
+
+    # Longest key in UTF-8 bytes; None: no limit.
+    max_bytes: int | None = None
+    # Whether a key may contain U+0000.
+    nul: bool = True
+
+    def problem(self, stored_key: str) -> str | None:
+        """Why the store cannot hold ``stored_key``, or None when it can."""
+        if not self.nul and "\x00" in stored_key:
+            return "contains a NUL character, which this state store cannot hold"
+        if self.max_bytes is not None and len(stored_key) * 4 > self.max_bytes:
+            size = len(stored_key.encode("utf-8", "surrogatepass"))
+            if size > self.max_bytes:
+                return (
+                    f"is {size} bytes long with its key prefix; this state store holds keys of "
+                    f"at most {self.max_bytes} bytes"
+                )
+        return None
+
+
+ANY_KEY = KeyLimits()
+
+
 @dataclass(slots=True)
 class StoredItem:
     data: bytes
@@ -72,6 +99,9 @@ class StateStore(Component, Protocol):
     # A property here so that a wrapper (components/state/encryption.py) can report its own set.
     @property
     def features(self) -> frozenset[StateFeature]: ...
+
+    @property
+    def key_limits(self) -> KeyLimits: ...
 
     async def get(self, key: str) -> StoredItem | None: ...
 

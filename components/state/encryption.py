@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from components.metadata import MetadataError, MetadataSchema
 from components.state.base import (
     DeleteOp,
+    KeyLimits,
     Operation,
     SetOp,
     StateFeature,
@@ -84,6 +85,10 @@ class EncryptedStateStore:
     @property
     def features(self) -> frozenset[StateFeature]:
         return self._inner.features - {StateFeature.QUERY_API}
+
+    @property
+    def key_limits(self) -> KeyLimits:
+        return self._inner.key_limits
 
     async def init(self) -> None:
         await self._inner.init()

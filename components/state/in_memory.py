@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 from components.base import ComponentContext
 from components.metadata import FieldType, MetadataField, MetadataSchema
 from components.state.base import (
+    ANY_KEY,
     DeleteOp,
     ETagMismatch,
+    KeyLimits,
     Operation,
     SetOp,
     StateFeature,
@@ -34,6 +36,7 @@ class InMemoryStateStore:
             ),
         )
     )
+    key_limits: ClassVar[KeyLimits] = ANY_KEY
     features: ClassVar[frozenset[StateFeature]] = frozenset(
         {StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL, StateFeature.QUERY_API}
     )

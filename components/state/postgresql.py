@@ -26,6 +26,7 @@ from components.state.base import (
     DeleteOp,
     ETagInvalid,
     ETagMismatch,
+    KeyLimits,
     Operation,
     SetOp,
     StateFeature,
@@ -46,6 +47,9 @@ _MIGRATION_LOCK = 0x70696C6C696F6E00
 _LAYOUT_LEVEL = 1
 # Deleting a large backlog of expired rows may take much longer than one ordinary statement.
 _SWEEP_TIMEOUT = 600.0
+# PostgreSQL text cannot hold NUL, and a btree index entry holds at most 2704 bytes: a key of 2600
+# bytes (with its prefix) always fits, however little it compresses.
+_KEY_LIMITS = KeyLimits(max_bytes=2600, nul=False)
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _EXPIRY = "now() + make_interval(secs => $3::float8)"  # NULL (no expiry) when $3 is NULL
 
@@ -98,6 +102,7 @@ class PostgreSQLStateStore:
             ),
         )
     )
+    key_limits: ClassVar[KeyLimits] = _KEY_LIMITS
     features: ClassVar[frozenset[StateFeature]] = frozenset(
         {StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL, StateFeature.QUERY_API}
     )

@@ -25,9 +25,11 @@ from components.metadata import FieldType, MetadataField, MetadataSchema
 from components.redis_common import CONNECTION_FIELDS, RedisSettings, build_client
 from components.redis_pipeline import for_settings
 from components.state.base import (
+    ANY_KEY,
     DeleteOp,
     ETagInvalid,
     ETagMismatch,
+    KeyLimits,
     Operation,
     SetOp,
     StateFeature,
@@ -122,6 +124,7 @@ class RedisStateStore:
             ),
         )
     )
+    key_limits: ClassVar[KeyLimits] = ANY_KEY
     features: ClassVar[frozenset[StateFeature]] = frozenset(
         {StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL}
     )

@@ -23,8 +23,10 @@ from components.metadata import FieldType, MetadataError, MetadataField, Metadat
 from components.periodic import sweep_forever
 from components.sqlite_common import SQLiteDatabase, database_fields
 from components.state.base import (
+    ANY_KEY,
     DeleteOp,
     ETagMismatch,
+    KeyLimits,
     Operation,
     SetOp,
     StateFeature,
@@ -76,6 +78,7 @@ class SQLiteStateStore:
             ),
         )
     )
+    key_limits: ClassVar[KeyLimits] = ANY_KEY
     features: ClassVar[frozenset[StateFeature]] = frozenset(
         {StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL, StateFeature.QUERY_API}
     )

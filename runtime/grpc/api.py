@@ -152,7 +152,7 @@ class DaprAPI:
         items = [_delete_item(s.key, _etag(s), s.options, s.metadata) for s in request.states]
         # Every key is checked before the first delete, so bad input deletes nothing.
         for item in items:
-            check_key(store, item.key)
+            check_key(entry, item.key)
         for item in items:
             try:
                 await block.delete(entry, item)

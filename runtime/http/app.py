@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -106,6 +106,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _unescape_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(f"failed to unescape path parameter: {exc}", 400)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up (or missed the body deadline) mid-request: nobody is left to answer.
+    log.debug("client left during %s %s before its request was complete", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -210,6 +216,7 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         APIError: _api_error,
         PathUnescapeError: _unescape_error,
+        ClientDisconnect: _client_gone,
         Exception: _unexpected,
     }
     # Invocation first: its calls go through the whole app again on the target, and a route

@@ -60,6 +60,18 @@ def clean_path(raw: bytes) -> str:
     return path
 
 
+async def _not_http(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Only HTTP requests reach the API: a WebSocket is closed before it opens, any other kind
+    of connection is dropped. Lifespan events, which carry no request, pass."""
+    if scope["type"] == "lifespan":
+        await app(scope, receive, send)
+    elif scope["type"] == "websocket":
+        log.debug("refused a WebSocket connection: the API serves HTTP only")
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        log.debug("refused a connection of type %r: the API serves HTTP only", scope["type"])
+
+
 @dataclass(frozen=True, slots=True)
 class HotRoutes:
     """Which hot routes this sidecar serves (``spec.api`` of the Configuration can switch them off)."""
@@ -120,7 +132,7 @@ class ApiEntry:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await _not_http(self.app, scope, receive, send)
             return
         started = perf_counter()
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
@@ -183,7 +195,9 @@ class ApiEntry:
             try:
                 status, headers, body = await handler(scope, receive, request, span, parts)
             except ClientDisconnect:
-                return  # nobody is left to answer
+                # Nobody is left to answer; one line says so, as on the other routes.
+                log.debug("client left during %s %s before its request was complete", method, path)
+                return
             except APIError as exc:
                 status, headers, body = error_reply(exc)
             except PathUnescapeError as exc:
