@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from runtime.app_health import HealthCheck
 from runtime.compat_flags import add_ignored_flags, warn_ignored
 from runtime.dashboard import cli as dashboard_cli
 from runtime.jsonlog import JsonFormatter
+from runtime.ports import free_port
 from runtime.resources import ResourceError
 from runtime.run import run
 from runtime.service_invocation import InvocationOptions
@@ -342,7 +342,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         api_token=_api_token(args),
         app_health=_health_check(args),
         grpc_port=args.dapr_grpc_port,
-        app_protocol="grpc" if args.app_protocol == "grpc" else "http",
+        app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
     )
@@ -433,7 +433,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dapr_http_port is None:
         args.dapr_http_port = free_port()
     if args.dapr_grpc_port is None:
-        args.dapr_grpc_port = free_port()
+        args.dapr_grpc_port = 0  # bound by the OS when the server starts: no race for a free port
     if args.metrics_port is None:
         args.metrics_port = free_port()
     label = f" - {args.output_label}" if args.output_label else ""
@@ -482,13 +482,6 @@ def certs(args: argparse.Namespace) -> int:
     print(f"pillion: CA for trust domain {args.trust_domain!r} written to {path} (key beside it, mode 0600)")
     print("pillion: copy this folder to every host whose sidecars should call each other (--ca-dir)")
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 # (flags, takes a value, why it has no effect)
 _IGNORED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
-    (("--dapr-grpc-port", "-G"), True, "Pillion serves the Dapr API over HTTP only in this version"),
     (("--placement-host-address",), True, "Pillion has no actors, so no placement service"),
     (("--scheduler-host-address",), True, "Pillion has no scheduler service"),
     (("--enable-profiling",), False, "no Go profiler here; profile with py-spy"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import fcntl
 import logging
 import os
 import ssl
@@ -145,9 +146,14 @@ def create_ca(
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # Key first: a CA certificate whose key is missing would be unusable.
-    _write_private(key_path, key_pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # Each file appears whole (written aside, then renamed), the key first: a certificate whose
+    # key is missing or half-written would be unusable.
+    key_tmp = key_path.with_name(key_path.name + ".tmp")
+    _write_private(key_tmp, key_pem)
+    os.replace(key_tmp, key_path)
+    cert_tmp = cert_path.with_name(cert_path.name + ".tmp")
+    cert_tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(cert_tmp, cert_path)
     return cert_path
 
 
@@ -188,16 +194,22 @@ class CertificateAuthority:
 
     @classmethod
     def load_or_create(cls, directory: Path) -> CertificateAuthority:
-        """The CA in ``directory``, made on first use so one machine needs no set-up."""
-        if not (directory / CA_CERT).exists():
-            try:
-                create_ca(directory)
-                log.info("created a local certificate authority in %s (see pillion certs)", directory)
-            except CertificateError:
-                pass  # another sidecar made it at the same moment
-            except OSError as exc:
-                raise CertificateError(f"cannot create a CA in {directory}: {exc.strerror}") from None
-        return cls.load(directory)
+        """The CA in ``directory``, made on first use so one machine needs no set-up.
+
+        Sidecars started together would each make one: a lock file lets the first make it and
+        the others wait and read it (a key from one CA with the certificate of another would
+        fail every handshake).
+        """
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with (directory / ".lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (directory / CA_CERT).exists():
+                    create_ca(directory)
+                    log.info("created a local certificate authority in %s (see pillion certs)", directory)
+                return cls.load(directory)
+        except OSError as exc:
+            raise CertificateError(f"cannot create a CA in {directory}: {exc.strerror}") from None
 
     def issue(self, identity: Identity, ttl: datetime.timedelta) -> tuple[bytes, bytes]:
         """A fresh key and a certificate for ``identity``, both PEM; usable as server and client."""

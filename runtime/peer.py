@@ -131,12 +131,15 @@ class PeerClient:
     def _check_identity(response: aiohttp.ClientResponse, app_id: str, address: str) -> None:
         """The answering sidecar must be one of ``app_id``: a stale registration may point at a
         port another app now holds."""
-        connection = response.connection
-        transport = connection.transport if connection is not None else None
+        # The connection may already be back in the pool (a small answer is read at once), but
+        # the response keeps the protocol it was read from. aiohttp has no public accessor.
+        protocol = getattr(response, "_protocol", None)
+        transport = protocol.transport if protocol is not None else None
         identity = peer_identity(transport.get_extra_info("ssl_object") if transport is not None else None)
-        if identity is not None and identity.app_id != app_id:
+        if identity is None or identity.app_id != app_id:
             response.close()
-            raise Unavailable(f"{address} is {identity.uri}, not a sidecar of {app_id}")
+            who = identity.uri if identity is not None else "a peer without a SPIFFE id"
+            raise Unavailable(f"{address} is {who}, not a sidecar of {app_id}")
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -32,7 +32,7 @@ _WATCHDOG = (
 )
 
 
-def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str, str]:
+def app_environment(options: SidecarOptions, api_token: str | None, grpc_port: int | None) -> dict[str, str]:
     from runtime.grpc import SIDECAR_ONLY
 
     env = {name: value for name, value in os.environ.items() if name not in SIDECAR_ONLY}
@@ -43,12 +43,12 @@ def app_environment(options: SidecarOptions, api_token: str | None) -> dict[str,
             "PILLION_HTTP_PORT": str(options.http_port),
         }
     )
-    if options.grpc_port is not None:
-        env["DAPR_GRPC_PORT"] = str(options.grpc_port)
+    if grpc_port is not None:
+        env["DAPR_GRPC_PORT"] = str(grpc_port)
     if options.app_port is not None:
         env["APP_PORT"] = str(options.app_port)
     env["APP_CHANNEL_ADDRESS"] = options.app_channel_address
-    env["APP_PROTOCOL"] = options.invocation.app_protocol
+    env["APP_PROTOCOL"] = "grpc" if options.app_protocol == "grpc" else options.invocation.app_protocol
     if options.enable_metrics:
         env["DAPR_METRICS_PORT"] = str(options.metrics_port)
     if api_token:
@@ -191,7 +191,12 @@ async def run(
             return 1
         await asyncio.sleep(0.005)
 
-    app = AppSupervisor(command, app_environment(options, api_token), grace, app_prefix)
+    app = AppSupervisor(
+        command,
+        app_environment(options, api_token, sidecar.grpc.port if sidecar.grpc else None),
+        grace,
+        app_prefix,
+    )
     try:
         await app.start()
     except StartupError:

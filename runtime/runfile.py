@@ -24,6 +24,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from runtime.ports import free_port
+
 _PR_SET_PDEATHSIG = 1
 _DESTINATIONS = ("console", "file", "fileandconsole")
 _START_TIMEOUT = 60.0
@@ -262,8 +264,6 @@ class MultiRun:
         print(f"== PILLION == {text}", flush=True)
 
     async def start(self, spec: AppSpec) -> None:
-        from runtime.cli import free_port
-
         port = spec.http_port or free_port()
         args = [*spec.args]
         if spec.http_port is None:

@@ -70,9 +70,10 @@ class SidecarOptions:
     metrics_port: int = 9090
     # --enable-app-health-check and its settings; None when the app's health is not probed.
     app_health: HealthCheck | None = None
-    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken.
+    # --dapr-grpc-port: None tries the default 50001 and goes on without gRPC when it is taken;
+    # 0 takes any free port (pillion run).
     grpc_port: int | None = None
-    # --app-protocol grpc: pub/sub and health checks call the app's AppCallback service.
+    # --app-protocol as given; with grpc, pub/sub and health checks call the app's AppCallback service.
     app_protocol: str = "http"
     # Internal port, mTLS and app protocol for service invocation (runtime/service_invocation.py).
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
@@ -482,7 +483,7 @@ class Sidecar:
         from runtime.grpc.server import DEFAULT_PORT, GrpcServer
 
         options = self.options
-        server = GrpcServer(self, options.grpc_port or DEFAULT_PORT)
+        server = GrpcServer(self, DEFAULT_PORT if options.grpc_port is None else options.grpc_port)
         try:
             await server.start()
         except OSError as exc:

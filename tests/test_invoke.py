@@ -311,6 +311,7 @@ def test_plain_http_between_sidecars_only_on_loopback(tmp_path: Path) -> None:
             "--dapr-internal-grpc-listen-address",
             "0.0.0.0",
         ],
+        timeout=60,
     )
     assert result.returncode == 1
     assert "may only listen on loopback" in result.stderr

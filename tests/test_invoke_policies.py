@@ -110,6 +110,7 @@ def test_a_bad_access_control_policy_stops_start_up(tmp_path: Path) -> None:
     result = run_sidecar_to_exit(
         tmp_path,
         ["--app-id", "acl-bad", "--dapr-http-port", "0", "--metrics-port", "0", "--config", str(config)],
+        timeout=60,
     )
     assert result.returncode == 1
     assert "spec.accessControl.policies[0].namespace: is required" in result.stderr
@@ -233,3 +234,63 @@ spec:
         assert "nameresolution.redis" in caller.log()
     finally:
         _stop(caller, target)
+
+
+def test_kubernetes_name_resolution_uses_dns_names(app: InvokeApp, tmp_path: Path) -> None:
+    """The resolver looks up a name and dials every sidecar on the shared internal port; here the
+    template names 127.0.0.2, where the target listens on the caller's internal port number."""
+    from tests.support import free_port
+
+    port = free_port()
+    config = tmp_path / "k8s.yaml"
+    config.write_text(
+        """
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata: {name: k8s}
+spec:
+  nameResolution:
+    component: kubernetes
+    configuration: {template: "127.0.0.2"}
+"""
+    )
+    shared = ["--config", str(config), "--dapr-internal-grpc-port", str(port)]
+    target = start_invoke_sidecar(
+        tmp_path, "k8s-b", app, [*shared, "--dapr-internal-grpc-listen-address", "127.0.0.2"]
+    )
+    caller = start_invoke_sidecar(tmp_path, "k8s-a", None, shared)
+    try:
+        with caller.client() as client:
+            response = client.get("/v1.0/invoke/k8s-b/method/echo/k8s")
+            # The name answers for any app id: the certificate shows it is not k8s-c's sidecar.
+            wrong = client.get("/v1.0/invoke/k8s-c/method/echo/k8s")
+    finally:
+        _stop(caller, target)
+    assert response.status_code == 200, response.text
+    assert response.json()["path"] == "/echo/k8s"
+    assert wrong.status_code == 500
+    assert "not a sidecar of k8s-c" in wrong.json()["message"]
+
+
+def test_sidecars_started_together_share_one_new_ca(tmp_path: Path) -> None:
+    """Each would make the CA on first use; one must win and the others read it."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    script = (
+        "import sys; from pathlib import Path; from runtime.mtls import CertificateAuthority as C;"
+        "ca = C.load_or_create(Path(sys.argv[1]));"
+        "print(ca.certificate.fingerprint(__import__('cryptography.hazmat.primitives.hashes',"
+        " fromlist=['SHA256']).SHA256()).hex(), ca.key.public_key() == ca.certificate.public_key())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "ca")], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    answers = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(answers) == 1, answers
+    assert answers.pop().endswith(" True")

@@ -159,11 +159,13 @@ def test_dapr_cli_flags_are_accepted(tmp_path: Path) -> None:
     app_port = free_port()
     script = (
         "import os; from http.server import HTTPServer, BaseHTTPRequestHandler;"
-        "print('env', os.environ['APP_ID'], os.environ['APP_PORT'], os.environ['APP_PROTOCOL'], flush=True);"
+        "print('env', os.environ['APP_ID'], os.environ['APP_PORT'], os.environ['APP_PROTOCOL'],"
+        " os.environ['DAPR_GRPC_PORT'], flush=True);"
         f"HTTPServer(('127.0.0.1', {app_port}), BaseHTTPRequestHandler).serve_forever()"
     )
     http_port = free_port()
-    flags = ["-a", "flags", "-p", str(app_port), "-P", "http", "-H", str(http_port), "-G", "50001"]
+    grpc_port = free_port()
+    flags = ["-a", "flags", "-p", str(app_port), "-P", "http", "-H", str(http_port), "-G", str(grpc_port)]
     flags += ["-M", str(free_port()), "--enable-api-logging", "--placement-host-address", "localhost:50005"]
     flags += ["--app-max-concurrency", "5", "--enable-profiling"]
     proc = _start([*flags, "--", sys.executable, "-c", script], tmp_path)
@@ -173,10 +175,9 @@ def test_dapr_cli_flags_are_accepted(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
-    assert f"env flags {app_port} http" in output
+    assert f"env flags {app_port} http {grpc_port}" in output
     assert "HTTP API Called: GET /v1.0/metadata" in output
     for flag in (
-        "--dapr-grpc-port",
         "--placement-host-address",
         "--app-max-concurrency",
         "--enable-profiling",

@@ -18,7 +18,7 @@ import pytest
 from tests.support import ROOT
 
 FLOW = ROOT / "samples" / "run_flow.py"
-CHECKS = 8
+CHECKS = 9
 
 
 def need(tool: str, package: str) -> None:

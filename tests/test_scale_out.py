@@ -99,7 +99,9 @@ def test_three_workers_and_an_auditor_share_one_backend(
         duplicates = sum(worker_counts.values()) - TOTAL
         print(f"{setup}: worker duplicates after the kill: {duplicates}")
         assert duplicates <= CONCURRENCY
-        assert sum(auditor_counts.values()) == TOTAL
+        # The auditor's sidecar was not killed, but delivery is at-least-once: on a starved machine a
+        # handler can outlast the broker's short lease here (ackWait 1 s) and see a message twice.
+        assert sum(auditor_counts.values()) - TOTAL <= CONCURRENCY
     finally:
         workers.stop()
         auditor.stop()

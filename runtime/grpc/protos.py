@@ -28,6 +28,9 @@ try:
     from dapr.proto.runtime.v1 import (
         appcallback_pb2,
         appcallback_pb2_grpc,
+        binding_pb2,
+        configuration_pb2,
+        lock_pb2,
         metadata_pb2,
         pubsub_pb2,
         secret_pb2,
@@ -43,7 +46,10 @@ finally:
 __all__ = [
     "appcallback_pb2",
     "appcallback_pb2_grpc",
+    "binding_pb2",
     "common_pb2",
+    "configuration_pb2",
+    "lock_pb2",
     "metadata_pb2",
     "pubsub_pb2",
     "secret_pb2",

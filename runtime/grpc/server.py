@@ -22,6 +22,7 @@ from google.protobuf import empty_pb2
 
 from runtime.errors import APIError
 from runtime.grpc.api import Call, DaprAPI
+from runtime.grpc.blocks_api import BlocksAPI
 from runtime.grpc.errors import (
     HTTP_STATUS,
     GrpcError,
@@ -30,7 +31,15 @@ from runtime.grpc.errors import (
     unauthenticated,
     unimplemented,
 )
-from runtime.grpc.protos import metadata_pb2, pubsub_pb2, secret_pb2, state_pb2
+from runtime.grpc.protos import (
+    binding_pb2,
+    configuration_pb2,
+    lock_pb2,
+    metadata_pb2,
+    pubsub_pb2,
+    secret_pb2,
+    state_pb2,
+)
 from runtime.grpc.streaming import StreamingSubscriptions
 
 if TYPE_CHECKING:
@@ -57,6 +66,15 @@ _SERVED: dict[str, tuple[Any, str, str]] = {
     "GetBulkSecret": (secret_pb2.GetBulkSecretRequest, "secrets.v1", "secrets"),
     "GetMetadata": (metadata_pb2.GetMetadataRequest, "metadata.v1", "metadata"),
     "SetMetadata": (metadata_pb2.SetMetadataRequest, "metadata.v1", "metadata"),
+    "InvokeBinding": (binding_pb2.InvokeBindingRequest, "bindings.v1", "bindings"),
+    "TryLockAlpha1": (lock_pb2.TryLockRequest, "lock.v1alpha1", "lock"),
+    "UnlockAlpha1": (lock_pb2.UnlockRequest, "lock.v1alpha1", "lock"),
+    "GetConfiguration": (configuration_pb2.GetConfigurationRequest, "configuration.v1", "configuration"),
+    "GetConfigurationAlpha1": (
+        configuration_pb2.GetConfigurationRequest,
+        "configuration.v1alpha1",
+        "configuration",
+    ),
     # ShutdownRequest has no fields: Empty reads it.
     "Shutdown": (empty_pb2.Empty, "shutdown.v1", "other"),
 }
@@ -70,6 +88,7 @@ class GrpcServer:
         options = sidecar.options
         self._token = options.api_token.encode() if options.api_token else None
         self._api = DaprAPI(sidecar)
+        self._blocks_api = BlocksAPI(sidecar)
         self.streams = StreamingSubscriptions(sidecar)
         self._server: grpc.aio.Server | None = None
         self.port = port
@@ -132,6 +151,11 @@ class GrpcServer:
             "GetMetadata": api.get_metadata,
             "SetMetadata": api.set_metadata,
             "Shutdown": api.shutdown,
+            "InvokeBinding": self._blocks_api.invoke_binding,
+            "TryLockAlpha1": self._blocks_api.try_lock,
+            "UnlockAlpha1": self._blocks_api.unlock,
+            "GetConfiguration": self._blocks_api.get_configuration,
+            "GetConfigurationAlpha1": self._blocks_api.get_configuration,
         }
         config = self._sidecar.configuration
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
