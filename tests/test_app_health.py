@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.cli import build_parser, options_from_args
-from runtime.sidecar import StartupError
+from runtime.cli.main import build_parser, options_from_args
+from runtime.lifecycle.sidecar import StartupError
 from tests.app_process import AppProcess, wait_until
 from tests.state_support import component
 from tests.support import SidecarProcess, free_port, run_sidecar_to_exit, start_sidecar

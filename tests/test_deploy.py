@@ -30,10 +30,10 @@ import pytest
 import redis
 import yaml
 
-from runtime.cli import build_parser, check_listen_address, options_from_args
-from runtime.configuration import load_configuration
+from runtime.cli.main import build_parser, check_listen_address, options_from_args
 from runtime.http.auth import EXEMPT
-from runtime.resources import load_components
+from runtime.resources.configuration import load_configuration
+from runtime.resources.loader import load_components
 from tests.support import ROOT, SidecarProcess, free_port, start_sidecar
 
 DEPLOY = ROOT / "deploy"
@@ -257,7 +257,7 @@ def test_dockerfile_installs_the_package_and_runs_pillion_serve_as_a_non_root_us
     assert len(instructions("ENTRYPOINT")) == 1
     assert yaml.safe_load(instructions("ENTRYPOINT")[0]) == ["pillion", "serve"]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["pillion"] == "runtime.cli:main"
+    assert project["scripts"]["pillion"] == "runtime.cli.main:main"
 
     user = instructions("USER")[-1].split(":")[0]
     assert user.isdigit() and int(user) != 0, "USER must be a numeric non-root uid (runAsNonRoot)"
@@ -281,7 +281,7 @@ def test_dockerignore_sends_the_sources_and_nothing_else() -> None:
         for source in args.split()[:-1]:
             assert (ROOT / source).exists(), source
             assert not dockerignored(source), f"{source} is copied but .dockerignore leaves it out"
-    assert not dockerignored("runtime/cli.py")
+    assert not dockerignored("runtime/cli/main.py")
     assert not dockerignored("components/state/redis.py")
     for path in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "runtime/__pycache__/cli.pyc"):
         assert dockerignored(path), path

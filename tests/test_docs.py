@@ -6,13 +6,13 @@ import re
 import subprocess
 from pathlib import Path
 
-from runtime import docgen
+from runtime.cli import docgen
 from tests.support import ROOT
 
 
 def test_component_reference_is_current() -> None:
     assert docgen.TARGET.read_text() == docgen.render(), (
-        "docs/components.md is out of date: run `python -m runtime.docgen`"
+        "docs/components.md is out of date: run `python -m runtime.cli.docgen`"
     )
 
 

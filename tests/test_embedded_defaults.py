@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from runtime.embedded import MOVED_SUFFIX
+from runtime.lifecycle.embedded import MOVED_SUFFIX
 from tests.app_process import AppProcess
 from tests.support import SidecarProcess, start_sidecar
 

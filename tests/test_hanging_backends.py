@@ -22,7 +22,7 @@ import pytest
 
 from components import registry
 from components.base import Component, ComponentContext
-from runtime.deadlines import STOP_SLACK
+from runtime.lifecycle.deadlines import STOP_SLACK
 from tests.silent import SilentServer, silent_port
 from tests.state_support import component
 from tests.support import free_port, start_sidecar
@@ -170,7 +170,8 @@ def test_a_silent_backend_stops_start_up_with_one_line_in_time(
     assert proc.returncode == 1, stderr
     assert "init did not finish within 2s (spec.initTimeout)" in stderr
     assert "Traceback" not in stderr
-    assert took < 2 + 5, f"start-up failure took {took:.1f}s"
+    # initTimeout plus the interpreter's own start (a second or more on a busy 2-core machine).
+    assert took < 2 + 8, f"start-up failure took {took:.1f}s"
 
 
 def _wait_serving(port: int, proc: subprocess.Popen[str]) -> None:

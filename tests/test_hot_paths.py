@@ -11,7 +11,7 @@ import redis as redis_client
 
 from components.redis_common import CONNECTION_FIELDS, RedisSettings
 from components.redis_pipeline import RedisPipeline
-from runtime import cloudevents
+from runtime.compat import cloudevents
 from tests.state_support import component, redis_metadata
 from tests.support import start_sidecar
 

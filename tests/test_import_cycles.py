@@ -109,8 +109,8 @@ def test_no_import_cycles() -> None:
 def test_the_walk_sees_imports() -> None:
     """The graph is not empty by mistake: known edges are in it, and a planted cycle is found."""
     graph = import_graph()
-    assert "runtime.component_set" in graph["runtime.hot_reload"]
-    assert "runtime.hot_reload" in graph["runtime.sidecar"]  # imported inside a function
-    assert "runtime.sidecar" not in graph["runtime.http.app"]  # only under TYPE_CHECKING
-    planted = {**graph, "runtime.errors": graph["runtime.errors"] | {"runtime.state"}}
-    assert ["runtime.errors", "runtime.state"] in cycles(planted)
+    assert "runtime.lifecycle.component_set" in graph["runtime.lifecycle.hot_reload"]
+    assert "runtime.lifecycle.hot_reload" in graph["runtime.lifecycle.sidecar"]  # imported inside a function
+    assert "runtime.lifecycle.sidecar" not in graph["runtime.http.app"]  # only under TYPE_CHECKING
+    planted = {**graph, "runtime.errors": graph["runtime.errors"] | {"runtime.blocks.state"}}
+    assert ["runtime.blocks.state", "runtime.errors"] in cycles(planted)

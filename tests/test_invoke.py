@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from runtime.mtls import create_ca
+from runtime.invocation.mtls import create_ca
 from tests.invoke_support import InvokeApp, internal_port, start_app, start_invoke_sidecar
 from tests.support import SidecarProcess, run_sidecar_to_exit
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.mtls import create_ca
+from runtime.invocation.mtls import create_ca
 from tests.invoke_support import APP
 from tests.support import ROOT
 

@@ -280,7 +280,7 @@ def test_sidecars_started_together_share_one_new_ca(tmp_path: Path) -> None:
     from tests.support import ROOT
 
     script = (
-        "import sys; from pathlib import Path; from runtime.mtls import CertificateAuthority as C;"
+        "import sys; from pathlib import Path; from runtime.invocation.mtls import CertificateAuthority as C;"
         "ca = C.load_or_create(Path(sys.argv[1]));"
         "print(ca.certificate.fingerprint(__import__('cryptography.hazmat.primitives.hashes',"
         " fromlist=['SHA256']).SHA256()).hex(), ca.key.public_key() == ca.certificate.public_key())"

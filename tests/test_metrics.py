@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.jsonlog import JsonFormatter
+from runtime.observability.jsonlog import JsonFormatter
 from tests.pubsub_support import FAST_RETRIES, Delivery, Reply, SubscriberApp, subscription
 from tests.state_support import component
 from tests.support import SidecarProcess, free_port, run_sidecar_to_exit, start_sidecar

@@ -17,9 +17,9 @@ import pytest
 from components.base import ComponentContext
 from components.state.base import SetOp
 from components.state.in_memory import InMemoryStateStore
+from runtime.blocks.state import StoreEntry
 from runtime.http.app import create_app
-from runtime.sidecar import Sidecar, SidecarOptions
-from runtime.state import StoreEntry
+from runtime.lifecycle.sidecar import Sidecar, SidecarOptions
 from tests.support import write_resources
 
 STORE = """\

@@ -14,7 +14,7 @@ import pytest
 from starlette.types import Message
 
 from runtime.http.app import create_app
-from runtime.sidecar import Sidecar, SidecarOptions
+from runtime.lifecycle.sidecar import Sidecar, SidecarOptions
 from tests.pubsub_support import SubscriberApp, running, subscription
 from tests.secrets_support import SecretRef, component
 

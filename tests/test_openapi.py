@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from runtime.http.app import create_app
-from runtime.sidecar import Sidecar, SidecarOptions
+from runtime.lifecycle.sidecar import Sidecar, SidecarOptions
 from tests.support import ROOT
 
 SPEC = ROOT / "docs" / "openapi.yaml"

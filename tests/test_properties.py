@@ -27,8 +27,7 @@ from components.metadata import parse_bool, parse_duration
 from components.state.base import SetOp
 from components.state.query import QueryError, QueryResult, parse_query, run_query
 from components.state.redis import RedisStateStore
-from runtime import cloudevents, gojson
-from runtime.configuration import load_configuration
+from runtime.compat import cloudevents, gojson
 from runtime.errors import APIError
 from runtime.http.state import _save_item
 from runtime.http.wire import (
@@ -39,7 +38,8 @@ from runtime.http.wire import (
     query_metadata,
     raw_json,
 )
-from runtime.resources import ResourceError, load_components, load_subscriptions
+from runtime.resources.configuration import load_configuration
+from runtime.resources.loader import ResourceError, load_components, load_subscriptions
 
 settings.register_profile("pillion", max_examples=150, deadline=None)
 settings.load_profile("pillion")

@@ -260,7 +260,7 @@ def test_a_crash_during_rotation_leaves_the_old_file_intact(tmp_path: Path) -> N
             sys.executable,
             "-c",
             "import signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
-            "from runtime.cli import main; sys.exit(main(sys.argv[1:]))",
+            "from runtime.cli.main import main; sys.exit(main(sys.argv[1:]))",
             *("secrets", "rotate-key", "--file", str(store), "--key-file", str(old_key)),
             *("--new-key-file", str(new_key)),
         ],

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from runtime.status import Registration, register
+from runtime.cli.status import Registration, register
 from tests.support import start_sidecar
 
 APP = textwrap.dedent(

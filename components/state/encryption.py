@@ -154,7 +154,7 @@ class EncryptedStateStore:
         await self._inner.delete(op)
 
     async def transact(self, ops: Sequence[Operation]) -> None:
-        # Only called when the inner store declares TRANSACTIONAL (see runtime/state.py).
+        # Only called when the inner store declares TRANSACTIONAL (see runtime/blocks/state.py).
         await cast(TransactionalStateStore, self._inner).transact([self._op(op) for op in ops])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import status
+from runtime.cli import status
 
 log = logging.getLogger("pillion.dashboard")
 # Minutes of CPU and memory shown in the charts.

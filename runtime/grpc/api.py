@@ -15,15 +15,15 @@ from google.protobuf import empty_pb2
 
 from components.state.base import StoredItem
 from runtime import errors
+from runtime.blocks.pubsub import BulkEntry, Publication
+from runtime.blocks.state import DeleteItem, SaveItem, check_key
 from runtime.errors import APIError, Code, GrpcCode
 from runtime.grpc.errors import GrpcError, StatusCode
 from runtime.grpc.protos import common_pb2, metadata_pb2, pubsub_pb2, secret_pb2, state_pb2
-from runtime.pubsub import BulkEntry, Publication
-from runtime.state import DeleteItem, SaveItem, check_key
-from runtime.tracing import Span
+from runtime.observability.tracing import Span
 
 if TYPE_CHECKING:
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 log = logging.getLogger("pillion.grpc")
 EMPTY = empty_pb2.Empty()

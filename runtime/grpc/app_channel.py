@@ -17,12 +17,19 @@ import os
 import grpc
 from google.protobuf import empty_pb2
 
-from runtime.app_health import AppHealth, HealthCheck
-from runtime.event_sink import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome, wait_for_port
+from runtime.delivery.app_health import AppHealth, HealthCheck
+from runtime.delivery.event_sink import (
+    Answer,
+    AppCallFailed,
+    AppUnreachable,
+    Envelope,
+    Outcome,
+    wait_for_port,
+)
+from runtime.delivery.subscriptions import Subscription, from_grpc_app
 from runtime.grpc.errors import HTTP_STATUS
 from runtime.grpc.events import call_metadata, topic_event
 from runtime.grpc.protos import appcallback_pb2, appcallback_pb2_grpc
-from runtime.subscriptions import Subscription, from_grpc_app
 
 log = logging.getLogger("pillion.app")
 _DISCOVERY_TRIES = 3

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtime.bindings import BindingsBlock, OutputBindingFailed
-from runtime.config_api import ConfigurationAPIBlock
+from runtime.blocks.bindings import BindingsBlock, OutputBindingFailed
+from runtime.blocks.configuration import ConfigurationAPIBlock
+from runtime.blocks.lock import LockBlock
 from runtime.grpc.protos import binding_pb2, common_pb2, configuration_pb2, lock_pb2
-from runtime.lock import LockBlock
 
 if TYPE_CHECKING:
     from runtime.grpc.api import Call
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 
 class BlocksAPI:

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from runtime import cloudevents
+from runtime.compat import cloudevents
 from runtime.grpc.protos import appcallback_pb2
 
 # The attributes that have fields of their own; every other key goes into ``extensions``.

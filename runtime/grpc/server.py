@@ -43,7 +43,7 @@ from runtime.grpc.protos import (
 from runtime.grpc.streaming import StreamingSubscriptions
 
 if TYPE_CHECKING:
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 log = logging.getLogger("pillion.grpc")
 SERVICE = "dapr.proto.runtime.v1.Dapr"

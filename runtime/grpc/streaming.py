@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from runtime.event_sink import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome
+from runtime.delivery.event_sink import Answer, AppCallFailed, AppUnreachable, Envelope, Outcome
+from runtime.delivery.subscriptions import SubscriptionError
 from runtime.grpc.errors import GrpcError
 from runtime.grpc.events import topic_event
 from runtime.grpc.protos import appcallback_pb2, pubsub_pb2
-from runtime.subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
     from runtime.grpc.api import Call
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 log = logging.getLogger("pillion.grpc")
 # How long a new stream may take to send its initial request.

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime import errors
-from runtime.deadletters import MAX_LIST, PAGE, DeadLetters
+from runtime.blocks.deadletters import MAX_LIST, PAGE, DeadLetters
 from runtime.errors import malformed
 from runtime.http.wire import decode_json, field, json_response, path_param, read_body
 
 if TYPE_CHECKING:
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 PREFIX = "/pillion"
 VERSION = "v1.0-alpha1"

@@ -30,8 +30,8 @@ from runtime.http.entry import ApiEntry, HotRoutes, clean_path
 from runtime.http.wire import PathUnescapeError, error_response
 
 if TYPE_CHECKING:
-    from runtime.configuration import Configuration
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
+    from runtime.resources.configuration import Configuration
 
 log = logging.getLogger("pillion.http")
 Endpoint = Callable[[Request], Awaitable[Response]]

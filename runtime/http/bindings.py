@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.bindings import BindingsBlock, OutputBindingFailed
+from runtime.blocks.bindings import BindingsBlock, OutputBindingFailed
 from runtime.errors import malformed
 from runtime.http.wire import (
     JSON,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.config_api import ConfigurationAPIBlock, UnsubscribeError
+from runtime.blocks.configuration import ConfigurationAPIBlock, UnsubscribeError
 from runtime.http.wire import json_response, no_content, path_param, query_metadata
 
 

@@ -34,11 +34,11 @@ from runtime.http.auth import EXEMPT, HEADER, refusal
 from runtime.http.request_metrics import METHODS, building_block
 from runtime.http.trace_context import SCOPE_KEY
 from runtime.http.wire import Headers, PathUnescapeError, Reply, error_reply, receive_body, text_reply
-from runtime.tracing import Span
+from runtime.observability.tracing import Span
 
 if TYPE_CHECKING:
-    from runtime.metrics import Metrics
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
+    from runtime.observability.metrics import Metrics
 
 log = logging.getLogger("pillion.http")
 

@@ -20,10 +20,16 @@ from starlette.types import Receive, Scope, Send
 from runtime.errors import APIError, body_too_large, direct_invoke_failed, direct_invoke_missing_app_id
 from runtime.http.trace_context import SCOPE_KEY
 from runtime.http.wire import error_response
-from runtime.invocation import WHOLE_BODY_LIMIT, Call, Reply, forwarded_request_headers, normalize_method
+from runtime.invocation.calls import (
+    WHOLE_BODY_LIMIT,
+    Call,
+    Reply,
+    forwarded_request_headers,
+    normalize_method,
+)
 
 if TYPE_CHECKING:
-    from runtime.service_invocation import ServiceInvocation
+    from runtime.invocation.service import ServiceInvocation
 
 _PREFIX = "/v1.0/invoke/"
 # Set by the sidecar's HTTP server itself, or describing the trace of the sidecar's own span.

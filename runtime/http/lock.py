@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime.blocks.lock import LockBlock
 from runtime.http import protojson
 from runtime.http.wire import json_response, path_param, read_body
-from runtime.lock import LockBlock
 
 
 def _block(request: Request) -> LockBlock:

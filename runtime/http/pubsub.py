@@ -10,7 +10,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime import cloudevents, errors
+from runtime import errors
+from runtime.blocks.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock
+from runtime.compat import cloudevents
 from runtime.http.trace_context import request_span
 from runtime.http.wire import (
     JSON,
@@ -22,8 +24,7 @@ from runtime.http.wire import (
     read_body,
     unescape,
 )
-from runtime.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock
-from runtime.tracing import Span
+from runtime.observability.tracing import Span
 
 _MISMATCH = "error: mismatch between contentType and event"
 

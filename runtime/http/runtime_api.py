@@ -13,7 +13,7 @@ from runtime.errors import health_app_id_mismatch, health_not_ready, outbound_no
 from runtime.http.wire import json_response, no_content, path_param, read_body
 
 if TYPE_CHECKING:
-    from runtime.sidecar import Sidecar
+    from runtime.lifecycle.sidecar import Sidecar
 
 
 def _sidecar(request: Request) -> Sidecar:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runtime.blocks.secrets import SecretsBlock
 from runtime.http.wire import json_response, no_content, path_param, query_metadata
-from runtime.secrets import SecretsBlock
 
 
 def _block(request: Request) -> SecretsBlock:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from components.state.base import StoredItem
+from runtime.blocks.state import DeleteItem, SaveItem, StateBlock, StoreEntry
 from runtime.errors import malformed, state_operation_not_supported
 from runtime.http.wire import (
     JSON,
@@ -31,7 +32,6 @@ from runtime.http.wire import (
     string_map,
     unescape,
 )
-from runtime.state import DeleteItem, SaveItem, StateBlock, StoreEntry
 
 
 def _block(request: Request) -> StateBlock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from runtime.tracing import Span
+from runtime.observability.tracing import Span
 
 # Where the request's span waits for the endpoint.
 SCOPE_KEY = "pillion.span"

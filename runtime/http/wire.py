@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from runtime import gojson
+from runtime.compat import gojson
 from runtime.errors import (
     APIError,
     BadRequest,

@@ -1,0 +1,1 @@
+"""Building blocks: Dapr semantics over component Protocols, knowing no transport."""

@@ -1,0 +1,1 @@
+"""The `pillion` command: its subcommands and their flags."""

@@ -1,0 +1,1 @@
+"""Service invocation: calls between sidecars, name resolution, mTLS and access control."""

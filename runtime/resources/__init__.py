@@ -1,0 +1,1 @@
+"""Dapr resource files: loading, validation against component schemas, Configuration."""
