@@ -37,7 +37,7 @@ from components.state.base import DeleteOp, SetOp
 from runtime import errors
 from runtime.blocks.outbox_settings import OutboxSettings
 from runtime.blocks.pubsub import Publication
-from runtime.compat import cloudevents
+from runtime.compat import cloudevents, gojson
 
 if TYPE_CHECKING:
     from components.pubsub.base import Subscription
@@ -83,9 +83,7 @@ class Outbox:
             source = projections.get(op.key, op)
             event = self._event(marker, settings, source, traceparent)
             try:
-                await broker.broker.publish(
-                    settings.internal_topic(self._app_id), cloudevents.encode(event), {}
-                )
+                await broker.broker.publish(settings.internal_topic(self._app_id), gojson.encode(event), {})
             except Exception as exc:
                 raise errors.outbox_publish_failed(self._app_id, str(exc) or type(exc).__name__) from None
             markers.append(SetOp(marker, b'"0"'))
@@ -161,7 +159,7 @@ class Outbox:
         event["topic"] = settings.publish_topic
         event["pubsubname"] = settings.publish_pubsub
         target = self._pubsub.entry(settings.publish_pubsub, settings.publish_topic, {})
-        publication = Publication(cloudevents.encode(event), "application/cloudevents+json", {})
+        publication = Publication(gojson.encode(event), "application/cloudevents+json", {})
         await self._pubsub.publish(
             target, settings.publish_topic, publication, str(event.get("traceparent", "")), ""
         )

@@ -16,7 +16,7 @@ from components.pubsub.base import Message, PubSub, PubSubFeature, SubscribeOpti
 from components.pubsub.base import Subscription as BrokerSubscription
 from runtime import errors
 from runtime.blocks.base import BlockContext, LoadedComponent
-from runtime.compat import cloudevents
+from runtime.compat import cloudevents, gojson
 from runtime.delivery.subscriptions import Subscription, merge, parse_go_bool, streaming
 from runtime.lifecycle.deadlines import CLOSE_TIMEOUT
 from runtime.observability.tracing import Span, Tracer
@@ -268,7 +268,7 @@ class PubSubBlock:
         ttl = self.ttl(entry, metadata)
         if ttl is not None and not entry.expires_messages:
             cloudevents.set_expiration(envelope, ttl)
-        return cloudevents.encode(envelope)
+        return gojson.encode(envelope)
 
     async def publish(
         self,

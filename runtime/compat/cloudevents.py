@@ -8,16 +8,12 @@ decodes with ``UseNumber``), so ``1.10`` or a 30-digit integer travel unchanged.
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
-import math
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from random import getrandbits
 from typing import Any
 
-from runtime.compat import gojson
+from runtime.compat.gojson import decode_precise, encode
 
 SPEC_VERSION = "1.0"
 DEFAULT_TYPE = "com.dapr.event.sent"
@@ -26,12 +22,6 @@ DEFAULT_DATA_CONTENT_TYPE = "text/plain"
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 OCTET_STREAM = "application/octet-stream"
 
-_HTML_ESCAPES = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-)
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
-_ODD_HEX = frozenset("13579bdf")  # trace-flags with the sampled bit set end in one of these
 _OVERRIDE_PREFIX = "cloudevent."
 
 
@@ -70,180 +60,6 @@ def _carries_base64(content_type: str) -> bool:
         or _is(content_type, "application/cloudevents+protobuf")
         or _is(content_type, "application/x-protobuf")
     )
-
-
-# --- JSON as Go reads and writes it -----------------------------------------------------------
-
-
-class _Literal:
-    """A JSON number that Python would print differently (``1.10``, ``1e3``, ``-0``): kept as text."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-class _NeedsExactEncoding(Exception):
-    pass
-
-
-def _float(text: str) -> float | _Literal:
-    value = float(text)
-    return value if repr(value) == text else _Literal(text)
-
-
-def _int(text: str) -> int | _Literal:
-    if text == "-0":
-        return _Literal(text)
-    try:
-        return int(text)
-    except ValueError:  # beyond Python's int-from-text digit limit
-        return _Literal(text)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON value {name}")
-
-
-_PRECISE = json.JSONDecoder(parse_float=_float, parse_int=_int, parse_constant=_reject_constant)
-# Integers read in C: exact too, but for "-0" (checked for first) and integers too long for
-# Python's int (an error, on which _PRECISE reads the body again).
-_PRECISE_FAST = json.JSONDecoder(parse_float=_float, parse_constant=_reject_constant)
-_PLAIN = json.JSONDecoder(parse_constant=_reject_constant)
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _first_value(decoder: json.JSONDecoder, body: bytes) -> Any:
-    # Go's json.Decoder.Decode reads the first value and leaves whatever follows unread.
-    text = body.decode("utf-8", errors="replace")
-    start = _WHITESPACE.match(text)
-    try:
-        value, _ = decoder.raw_decode(text, start.end() if start else 0)
-    except RecursionError:
-        raise gojson.JSONTooDeep from None
-    return gojson.settle(value, body)
-
-
-def decode_precise(body: bytes) -> Any:
-    """The first JSON value in ``body``, numbers kept exactly; ``ValueError`` if there is none."""
-    if b"-0" not in body:
-        with contextlib.suppress(ValueError):
-            return _first_value(_PRECISE_FAST, body)
-    return _first_value(_PRECISE, body)
-
-
-def decode_plain(body: bytes) -> Any:
-    """The first JSON value in ``body`` as Python reads it; ``ValueError`` if there is none."""
-    return _first_value(_PLAIN, body)
-
-
-def as_doubles(value: Any) -> Any:
-    """``value`` with every integer made a float, as Go decodes JSON numbers for CEL routing."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: as_doubles(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [as_doubles(v) for v in value]
-    return value
-
-
-def _refuse(value: Any) -> Any:
-    raise _NeedsExactEncoding
-
-
-_GO_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_refuse)
-
-
-def encode(value: Any) -> bytes:
-    """``value`` as Go's json.Marshal writes it."""
-    try:
-        text = _GO_JSON.encode(value)
-    except _NeedsExactEncoding:
-        parts: list[str] = []
-        _encode_exact(value, parts)
-        text = "".join(parts)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        text = text.translate(_HTML_ESCAPES)
-    return text.encode("utf-8")
-
-
-def _encode_exact(value: Any, out: list[str]) -> None:
-    if isinstance(value, _Literal):
-        out.append(value.text)
-    elif isinstance(value, dict):
-        out.append("{")
-        for index, key in enumerate(sorted(value)):
-            if index:
-                out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
-            out.append(":")
-            _encode_exact(value[key], out)
-        out.append("}")
-    elif isinstance(value, list):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode_exact(item, out)
-        out.append("]")
-    else:
-        out.append(json.dumps(value, ensure_ascii=False))
-
-
-def go_number(value: float) -> str:
-    """A float64 as Go's encoding/json writes it (``1`` for 1.0, ``1e+21`` past 1e21)."""
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
-        mantissa, _, exponent = f"{value!r}".partition("e")
-        if not exponent:
-            mantissa, _, exponent = f"{value:e}".partition("e")
-        sign = "-" if exponent.startswith("-") else "+"
-        return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
-    from decimal import Decimal  # only bulk events with fractions get here
-
-    text = format(Decimal(repr(value)), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
-
-
-def go_marshal(value: Any) -> bytes:
-    """A decoded JSON value marshalled again as Go does; integers keep every digit (Go would
-    round them through float64)."""
-    if isinstance(value, bool | int | str) or value is None:
-        return encode(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            # Python reads 1e400 as infinity; Go refuses to decode the number at all.
-            raise ValueError(f"number {value} is out of range")
-        return go_number(value).encode()
-    if isinstance(value, list):
-        return b"[" + b",".join(go_marshal(v) for v in value) + b"]"
-    items = sorted(value.items())
-    return b"{" + b",".join(encode(k) + b":" + go_marshal(v) for k, v in items) + b"}"
-
-
-# --- tracing ----------------------------------------------------------------------------------
-
-
-def child_traceparent(parent: str | None) -> str:
-    """A W3C traceparent for a new span: continues ``parent`` when it is valid, else a new trace.
-
-    daprd samples 1 in 10,000 traces by default, so a new trace is written as not sampled (``00``).
-    Every API request makes one, so it is kept cheap: ids need to be unique, not secret, and
-    ``random`` (as the OpenTelemetry SDK uses) costs a fraction of ``os.urandom``.
-    """
-    span = (getrandbits(64) or 1).to_bytes(8).hex()
-    if parent:
-        match = _TRACEPARENT.fullmatch(parent) or _TRACEPARENT.fullmatch(parent.strip().lower())
-        if match and match[1] != "ff" and match[2] != _NO_TRACE and match[3] != _NO_SPAN:
-            sampled = match[4][1] in _ODD_HEX
-            return "00-" + match[2] + "-" + span + ("-01" if sampled else "-00")
-    return "00-" + (getrandbits(128) or 1).to_bytes(16).hex() + "-" + span + "-00"
 
 
 # --- envelopes --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.pubsub.base import Message
-from runtime.compat import cloudevents
+from runtime.compat import cloudevents, gojson
 from runtime.delivery.event_sink import AppUnreachable, Envelope, EventSink, Outcome
 from runtime.delivery.subscriptions import RoutingError, Subscription
 from runtime.observability.tracing import Span, Tracer
@@ -157,11 +157,11 @@ class Deliverer:
             event = cloudevents.from_raw_payload(
                 message.data, topic=message.topic, pubsub=subscription.pubsubname, metadata=metadata
             )
-            body = cloudevents.encode(event)
+            body = gojson.encode(event)
         else:
             body = message.data
             try:
-                decoded = cloudevents.decode_plain(body)
+                decoded = gojson.decode_plain(body)
             except ValueError:
                 decoded = None
             if not isinstance(decoded, dict):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.metadata import FieldType, MetadataError, MetadataField, MetadataSchema
-from runtime.compat.cloudevents import as_doubles, decode_precise
+from runtime.compat.gojson import as_doubles, decode_precise
 from runtime.resources.component_fields import DELIVERY_FIELDS
 from runtime.resources.loader import SubscriptionResource
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from runtime.compat import cloudevents
+from runtime.compat import cloudevents, gojson
 from runtime.grpc.protos import appcallback_pb2
 
 # The attributes that have fields of their own; every other key goes into ``extensions``.
@@ -34,9 +34,9 @@ def event_data(event: dict[str, Any], content_type: str) -> bytes:
         return b""
     media = content_type.split(";", 1)[0].strip().lower()
     if media.startswith("text/") or media == "application/xml":
-        return data.encode() if isinstance(data, str) else cloudevents.go_marshal(data)
+        return data.encode() if isinstance(data, str) else gojson.go_marshal(data)
     if cloudevents.is_json(content_type) or cloudevents.is_cloudevent(content_type):
-        return cloudevents.go_marshal(data)
+        return gojson.go_marshal(data)
     return b""
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from runtime import errors
 from runtime.blocks.pubsub import BrokerEntry, BulkEntry, Publication, PubSubBlock
-from runtime.compat import cloudevents
+from runtime.compat import cloudevents, gojson
 from runtime.http.trace_context import request_span
 from runtime.http.wire import (
     JSON,
@@ -92,7 +92,7 @@ def _event_bytes(event: Any, content_type: str) -> bytes:
             raise ValueError(_MISMATCH)
         return event.encode("utf-8")
     if cloudevents.is_json(content_type) or cloudevents.is_cloudevent(content_type):
-        return cloudevents.go_marshal(event)
+        return gojson.go_marshal(event)
     raise ValueError(_MISMATCH)
 
 
@@ -101,7 +101,7 @@ def _entries(body: bytes, pubsub: str, topic: str, app_id: str, metadata: dict[s
         return errors.pubsub_events_unreadable(pubsub, topic, app_id, problem)
 
     try:
-        items = cloudevents.decode_plain(body)
+        items = gojson.decode_plain(body)
     except ValueError as exc:
         raise unreadable(str(exc)) from None
     if items is None:

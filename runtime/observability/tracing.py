@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from runtime.compat.cloudevents import child_traceparent
+from runtime.observability.traceparent import child_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span as OTelSpan
