@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import asyncpg
 
+from components import gotime
 from components.base import ComponentContext
-from components.bindings import gotime
 from components.bindings.base import OUTPUT, BindingError, InvokeRequest, InvokeResponse
 from components.metadata import MetadataSchema
 from components.postgresql_common import CONNECTION_FIELDS, PostgresSettings, create_pool

@@ -23,40 +23,12 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from components import gotime
+
 log = logging.getLogger("pillion.app")
 
 # A probe answers None when the app is healthy, else what was wrong (for the log).
 Probe = Callable[[str, float], Awaitable[str | None]]
-
-
-def go_duration(seconds: float) -> str:
-    """``seconds`` as Go's ``time.Duration.String`` writes it: ``5s``, ``500ms``, ``1m30s``, ``1.5s``."""
-    nanos = round(seconds * 1e9)
-    if nanos == 0:
-        return "0s"
-    sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
-    if nanos < 1_000:
-        return f"{sign}{nanos}ns"
-    if nanos < 1_000_000:
-        return f"{sign}{_decimal(nanos, 1_000)}µs"
-    if nanos < 1_000_000_000:
-        return f"{sign}{_decimal(nanos, 1_000_000)}ms"
-    hours, rest = divmod(nanos, 3_600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    text = f"{_decimal(rest, 10**9)}s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _decimal(value: int, unit: int) -> str:
-    whole, fraction = divmod(value, unit)
-    if not fraction:
-        return str(whole)
-    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
-    return f"{whole}.{digits}"
 
 
 @dataclass(frozen=True)
@@ -72,8 +44,8 @@ class HealthCheck:
         """``appConnectionProperties.health`` in ``GET /v1.0/metadata``."""
         return {
             "healthCheckPath": self.path,
-            "healthProbeInterval": go_duration(self.interval),
-            "healthProbeTimeout": go_duration(self.timeout),
+            "healthProbeInterval": gotime.duration(self.interval),
+            "healthProbeTimeout": gotime.duration(self.timeout),
             "healthThreshold": self.threshold,
         }
 
@@ -109,8 +81,8 @@ class AppHealth:
         log.info(
             "app health checks: GET %s every %s (timeout %s, unhealthy after %d failures in a row)",
             check.path,
-            go_duration(check.interval),
-            go_duration(check.timeout),
+            gotime.duration(check.interval),
+            gotime.duration(check.timeout),
             check.threshold,
         )
         while True:

@@ -1,4 +1,4 @@
-"""Times and durations written as Go writes them, for the metadata bindings return."""
+"""Times and durations written as Go writes them (binding metadata, app health in /v1.0/metadata)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,20 @@ def rfc3339_nano(moment: datetime) -> str:
 
 
 def duration(seconds: float) -> str:
-    """Go's ``time.Duration.String()``: ``1.5ms``, ``2.003s``, ``1m30s``, ``0s``."""
+    """``seconds`` as Go's ``time.Duration.String`` writes it: ``5s``, ``500ms``, ``1m30s``, ``1.5s``."""
     nanos = round(seconds * 1e9)
     if nanos == 0:
         return "0s"
-    sign = "-" if nanos < 0 else ""
-    nanos = abs(nanos)
+    sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
     if nanos < 1_000:
         return f"{sign}{nanos}ns"
     if nanos < 1_000_000:
-        return f"{sign}{_trim(nanos / 1_000)}µs"
+        return f"{sign}{_decimal(nanos, 1_000)}µs"
     if nanos < 1_000_000_000:
-        return f"{sign}{_trim(nanos / 1_000_000)}ms"
-    hours, rest = divmod(nanos, 3600 * 10**9)
+        return f"{sign}{_decimal(nanos, 1_000_000)}ms"
+    hours, rest = divmod(nanos, 3_600 * 10**9)
     minutes, rest = divmod(rest, 60 * 10**9)
-    text = f"{_trim(rest / 1e9)}s"
+    text = f"{_decimal(rest, 10**9)}s"
     if hours:
         return f"{sign}{hours}h{minutes}m{text}"
     if minutes:
@@ -34,5 +33,9 @@ def duration(seconds: float) -> str:
     return sign + text
 
 
-def _trim(value: float) -> str:
-    return f"{value:.9f}".rstrip("0").rstrip(".")
+def _decimal(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    if not fraction:
+        return str(whole)
+    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
+    return f"{whole}.{digits}"
