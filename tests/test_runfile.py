@@ -77,6 +77,8 @@ def test_the_node_and_go_samples_run_from_the_run_file(tmp_path: Path) -> None:
     proc = _start(["-f", str(tmp_path / "samples")], tmp_path)
     try:
         _wait_for(f"http://127.0.0.1:{checkout_port}/orders/none", 120, proc)
+        # The apps start side by side: fulfilment (and so its registered sidecar) may come up later.
+        _wait_for(f"http://127.0.0.1:{fulfilment_port}/", 120, proc)
         status, order = _call(
             "POST", f"http://127.0.0.1:{checkout_port}/orders", {"id": "rf-1", "item": "pen", "qty": 3}
         )
