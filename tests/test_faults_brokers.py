@@ -47,6 +47,11 @@ class PrivateBroker:
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "broker.log"
+        # A restarted RabbitMQ is the same node only under the same name and distribution port:
+        # its data folder is per node name, so a new name would start an empty broker whose
+        # queues do not exist yet (and lose what a real restart keeps).
+        self.node = f"pillion-chaos-{uuid.uuid4().hex[:8]}@localhost"
+        self.dist_port = free_port()
 
     @property
     def url(self) -> str:
@@ -80,14 +85,14 @@ class PrivateBroker:
         plugins = self.workdir / "plugins"
         plugins.write_text("[].\n")
         env = {
-            "RABBITMQ_NODENAME": f"pillion-chaos-{uuid.uuid4().hex[:8]}@localhost",
+            "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_CONFIG_FILE": str(config),
             "RABBITMQ_MNESIA_BASE": str(data),
             "RABBITMQ_LOG_BASE": str(self.workdir),
             "RABBITMQ_LOGS": "-",
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
             "RABBITMQ_PID_FILE": str(self.workdir / "rabbit.pid"),
-            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
         }
         return [server], env
 
@@ -246,3 +251,4 @@ def test_broker_stopped_and_started_again_under_load(tmp_path: Path, kind: str) 
     assert all("ERR_PUBSUB_PUBLISH_MESSAGE" in refusal for refusal in publishing.refusals), (
         publishing.refusals
     )
+    assert not any(" object at 0x" in refusal for refusal in publishing.refusals), publishing.refusals

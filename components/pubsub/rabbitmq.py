@@ -354,6 +354,7 @@ class RabbitMQPubSub:
     async def publish(self, topic: str, data: bytes, metadata: dict[str, str]) -> None:
         from aio_pika import DeliveryMode
         from aio_pika import Message as AMQPMessage
+        from aiormq.exceptions import ChannelInvalidStateError
 
         connection = self._open()
         if not connection.connected.is_set():
@@ -371,9 +372,14 @@ class RabbitMQPubSub:
             expiration=max(0.001, ttl) if ttl is not None else None,
             message_id=metadata.get("cloudevent.id") or None,
         )
-        exchange = await self._publish_exchange(topic)
-        # With publisher confirms this returns once RabbitMQ confirmed, and raises on a nack.
-        await exchange.publish(message, routing_key=metadata.get("routingKey", ""))
+        try:
+            exchange = await self._publish_exchange(topic)
+            # With publisher confirms this returns once RabbitMQ confirmed, and raises on a nack.
+            await exchange.publish(message, routing_key=metadata.get("routingKey", ""))
+        except ChannelInvalidStateError:
+            # The connection went between the check above and the write; the error's own text
+            # is the channel object's repr, which tells the client nothing.
+            raise RuntimeError(f"not connected to RabbitMQ at {self.where()} (reconnecting)") from None
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> QueueSubscription:
         from aiormq.exceptions import ChannelPreconditionFailed
