@@ -249,5 +249,6 @@ def create_app(sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None) ->
         get_state=f"/v1.0{GET_STATE}" in served,
         save_state=f"/v1.0{SAVE_STATE}" in served,
         publish=f"/v1.0{PUBLISH}" in served,
+        invoke="/v1.0/invoke/{appId}/method/{method:path}" in served,
     )
     return ApiEntry(app, sidecar, hot)

@@ -8,8 +8,8 @@ caller's trace (health probes excepted); the token is checked (health probes exe
 is served; the answer carries the span's ``traceparent``; the span ends and the request is counted
 in the metrics, rejected ones included.
 
-Serving: state GET and save and publish, the calls an app makes all the time, are matched by
-splitting the path and answered from a :data:`~runtime.http.wire.Reply` tuple: no Request,
+Serving: state GET and save, publish and service invocation with a small body, the calls an app
+makes all the time, are matched by splitting the path and answered from a :data:`~runtime.http.wire.Reply` tuple: no Request,
 Response, routing regex or middleware object per request. Everything else goes to the Starlette
 application (router, endpoints, exception handlers), which also holds the hot routes in its table,
 so it serves any hot-route request this module declines (a pubsub named ``bulk``).
@@ -25,15 +25,18 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.errors import APIError, internal
+from runtime.errors import APIError, direct_invoke_failed, internal
+from runtime.http import invoke as invoke_api
 from runtime.http import pubsub as pubsub_api
 from runtime.http import state as state_api
 from runtime.http.auth import EXEMPT, HEADER, refusal
 from runtime.http.request_metrics import METHODS, building_block
 from runtime.http.trace_context import SCOPE_KEY
 from runtime.http.wire import Headers, PathUnescapeError, Reply, error_reply, receive_body, text_reply
+from runtime.invocation.calls import WHOLE_BODY_LIMIT
 from runtime.observability.tracing import Span
 
 if TYPE_CHECKING:
@@ -79,20 +82,31 @@ class HotRoutes:
     get_state: bool
     save_state: bool
     publish: bool
+    invoke: bool
 
 
 class _Request:
     """What the hot routes read from the request, gathered in the one walk over its headers."""
 
-    __slots__ = ("baggage", "content_length", "content_type")
+    __slots__ = ("baggage", "chunked", "content_length", "content_type")
 
     def __init__(self) -> None:
         self.content_type = ""
         self.content_length: bytes | None = None
         self.baggage: str | None = None
+        self.chunked = False
+
+    def small_body(self) -> bool:
+        """A body that is read whole before the call (none, or a declared length within the
+        limit); others are streamed, which only the Starlette endpoint does."""
+        if self.chunked:
+            return False
+        length = self.content_length
+        return length is None or (length.isdigit() and int(length) <= WHOLE_BODY_LIMIT)
 
 
-HotHandler = Callable[[Scope, Receive, _Request, Span, list[str]], Awaitable[Reply]]
+# A hot route answers with a Reply, or (service invocation only) with a streamed Response.
+HotHandler = Callable[[Scope, Receive, _Request, Span, list[str]], Awaitable[Reply | Response]]
 
 
 class ApiEntry:
@@ -109,7 +123,7 @@ class ApiEntry:
         # it may hold metadata values).
         self.api_log = logging.getLogger("pillion.api") if sidecar.options.api_logging else None
 
-    def _hot_route(self, method: str, parts: list[str]) -> tuple[HotHandler, str] | None:
+    def _hot_route(self, method: str, parts: list[str], request: _Request) -> tuple[HotHandler, str] | None:
         """The hot route for a cleaned path split on ``/``, as Starlette's router would pick it."""
         count = len(parts)
         if count < 4 or parts[1] != "v1.0":
@@ -128,6 +142,14 @@ class ApiEntry:
             and self.hot.publish
         ):
             return self._publish, "publish"
+        elif (
+            group == "invoke"
+            and count == 6
+            and parts[4] == "method"
+            and self.hot.invoke
+            and request.small_body()
+        ):
+            return self._invoke, "invoke"
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,6 +180,8 @@ class ApiEntry:
                     request.content_length = value
             elif name == b"baggage" and request.baggage is None:
                 request.baggage = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                request.chunked = True
         span: Span | None = None
         added: Headers = []
         if path not in EXEMPT:  # the health probes have no span
@@ -187,13 +211,18 @@ class ApiEntry:
                 await send({"type": _BODY, "body": body})
                 return
             parts = path.split("/", 5) if span is not None else []
-            hot = self._hot_route(method, parts) if parts else None
+            hot = self._hot_route(method, parts, request) if parts else None
             if hot is None or span is None:
                 status = await self._through_starlette(scope, receive, send, path, span, added, given)
                 return
             handler, block = hot
             try:
-                status, headers, body = await handler(scope, receive, request, span, parts)
+                answer = await handler(scope, receive, request, span, parts)
+                if isinstance(answer, Response):
+                    status = answer.status_code
+                    await answer(scope, receive, _adding(send, added))
+                    return
+                status, headers, body = answer
             except ClientDisconnect:
                 # Nobody is left to answer; one line says so, as on the other routes.
                 log.debug("client left during %s %s before its request was complete", method, path)
@@ -274,3 +303,35 @@ class ApiEntry:
         body = await receive_body(receive, request.content_length, self.max_body_size)
         await pubsub_api.publish_body(target, body, request.content_type, request.baggage, span)
         return 204, [], b""
+
+    async def _invoke(
+        self, scope: Scope, receive: Receive, request: _Request, span: Span, parts: list[str]
+    ) -> Reply | Response:
+        path = "/".join(parts)
+        scope["path"] = path
+        scope[SCOPE_KEY] = span
+        target, raw_method = invoke_api.find_target(path, scope["headers"])
+        service = self.sidecar.invocation
+        if service is None:
+            raise direct_invoke_failed(target, "invocation is starting")
+        call = invoke_api.new_call(service, target, raw_method, scope)
+        body = await receive_body(receive, request.content_length, self.max_body_size)
+        if body:
+            call.buffered = body
+        reply = await service.block.invoke(target, call)
+        if reply.content is None:
+            return invoke_api.reply_response(reply)
+        return reply.status, invoke_api.answer_headers(reply), reply.content
+
+
+def _adding(send: Send, added: Headers) -> Send:
+    """``send``, with ``added`` appended to the answer's headers."""
+    if not added:
+        return send
+
+    async def adding(message: Message) -> None:
+        if message["type"] == _START:
+            message = {**message, "headers": [*message.get("headers", ()), *added]}
+        await send(message)
+
+    return adding

@@ -32,16 +32,24 @@ if TYPE_CHECKING:
     from runtime.invocation.service import ServiceInvocation
 
 _PREFIX = "/v1.0/invoke/"
+RawHeaders = list[tuple[bytes, bytes]]
 # Set by the sidecar's HTTP server itself, or describing the trace of the sidecar's own span.
 _REPLACED = frozenset({"date", "traceparent", "tracestate"})
 _SERVER = SERVER_SOFTWARE.encode()
 
 
-def _header_target(request: Request) -> str | None:
-    target = request.headers.get("dapr-app-id")
+def _header(raw: RawHeaders, name: bytes) -> str | None:
+    for key, value in raw:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _header_target(raw: RawHeaders) -> str | None:
+    target = _header(raw, b"dapr-app-id")
     if target:
         return target
-    auth = request.headers.get("authorization", "")
+    auth = _header(raw, b"authorization") or ""
     scheme, _, encoded = auth.partition(" ")
     if scheme.lower() != "basic":
         return None
@@ -52,10 +60,9 @@ def _header_target(request: Request) -> str | None:
     return password if user.lower() == "dapr-app-id" and password else None
 
 
-def _find_target(request: Request) -> tuple[str, str]:
-    """(app id, raw method) from the header forms, else from the URL."""
-    path: str = request.scope["path"]
-    target = _header_target(request)
+def find_target(path: str, raw: RawHeaders) -> tuple[str, str]:
+    """(app id, raw method) from the header forms, else from the (cleaned) URL path."""
+    target = _header_target(raw)
     if target is not None:
         return target, unquote(path)
     if path.startswith(_PREFIX):
@@ -68,6 +75,31 @@ def _find_target(request: Request) -> tuple[str, str]:
         if sep and app:
             return unquote(app), unquote(method)
     raise direct_invoke_missing_app_id()
+
+
+def new_call(service: ServiceInvocation, target: str, raw_method: str, scope: Scope) -> Call:
+    """The call as the block takes it (no body yet): method cleaned, headers as daprd forwards them."""
+    method = normalize_method(target, raw_method)
+    headers = forwarded_request_headers(scope["headers"], service.checks_token)
+    span = scope.get(SCOPE_KEY)
+    if span is not None:
+        headers.append(("traceparent", span.traceparent))
+        if span.tracestate:
+            headers.append(("tracestate", span.tracestate))
+    return Call(scope["method"], method, scope["query_string"].decode("latin-1"), headers)
+
+
+def answer_headers(reply: Reply) -> RawHeaders:
+    """The target's headers as they came, less those this sidecar's server sets itself."""
+    kept: RawHeaders = []
+    for name, value in reply.headers:
+        key = name.lower()
+        encoded = value.encode("latin-1")
+        # The target sidecar's own server name is not the app's answer.
+        if key in _REPLACED or (key == "server" and encoded == _SERVER):
+            continue
+        kept.append((key.encode("latin-1"), encoded))
+    return kept
 
 
 class _LimitedBody:
@@ -97,8 +129,9 @@ def _has_body(request: Request) -> bool:
 
 
 async def invoke(request: Request) -> Response:
+    scope = request.scope
     try:
-        target, raw_method = _find_target(request)
+        target, raw_method = find_target(scope["path"], scope["headers"])
     except APIError as exc:
         return error_response(exc)
     service: ServiceInvocation | None = request.app.state.sidecar.invocation
@@ -110,15 +143,7 @@ async def invoke(request: Request) -> Response:
     if length.isdigit() and int(length) > limit:
         return error_response(body_too_large(limit))
     try:
-        method = normalize_method(target, raw_method)
-        headers = forwarded_request_headers(request.scope["headers"], service.checks_token)
-        span = request.scope.get(SCOPE_KEY)
-        if span is not None:
-            headers.append(("traceparent", span.traceparent))
-            if span.tracestate:
-                headers.append(("tracestate", span.tracestate))
-        query = request.scope["query_string"].decode("latin-1")
-        call = Call(request.method, method, query, headers)
+        call = new_call(service, target, raw_method, scope)
         if length.isdigit() and int(length) <= WHOLE_BODY_LIMIT:
             if length != "0":
                 call.buffered = await request.body()
@@ -128,19 +153,17 @@ async def invoke(request: Request) -> Response:
         reply = await service.block.invoke(target, call)
     except APIError as exc:
         return error_response(body_too_large(limit) if body is not None and body.exceeded else exc)
-    raw_headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in reply.headers
-        if name.lower() not in _REPLACED
-    ]
-    raw_headers = [h for h in raw_headers if h != (b"server", _SERVER)]
-    response: Response
+    return reply_response(reply)
+
+
+def reply_response(reply: Reply) -> Response:
+    """The target's answer as the caller gets it: whole when it was read whole, else streamed."""
+    raw_headers = answer_headers(reply)
     if reply.content is not None:
-        response = _Whole(reply.status, raw_headers, reply.content)
-    else:
-        # Streamed: Starlette's response also stops reading the target when the caller goes away.
-        response = StreamingResponse(_released(reply), status_code=reply.status)
-        response.raw_headers = raw_headers
+        return _Whole(reply.status, raw_headers, reply.content)
+    # Streamed: Starlette's response also stops reading the target when the caller goes away.
+    response = StreamingResponse(_released(reply), status_code=reply.status)
+    response.raw_headers = raw_headers
     return response
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import ssl
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,18 @@ def parse_spiffe(uri: str) -> Identity | None:
     return Identity(parts[0], parts[2], parts[3])
 
 
+# A connection's peer certificate is fixed for its life (renegotiation is off, see
+# WorkloadCertificate), so it is read once per connection rather than on every request over it.
+_identities: weakref.WeakKeyDictionary[ssl.SSLObject | ssl.SSLSocket, Identity] = weakref.WeakKeyDictionary()
+
+
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity | None:
     """The SPIFFE identity of a verified TLS peer (None without TLS or without a SPIFFE SAN)."""
     if ssl_object is None:
         return None
+    known = _identities.get(ssl_object)
+    if known is not None:
+        return known
     cert = ssl_object.getpeercert()
     if not cert:
         return None
@@ -87,6 +96,7 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity 
         if kind == "URI":
             identity = parse_spiffe(str(value))
             if identity is not None:
+                _identities[ssl_object] = identity
                 return identity
     return None
 
@@ -253,6 +263,9 @@ class WorkloadCertificate:
         self.client_context.check_hostname = False
         for context in (self.server_context, self.client_context):
             context.minimum_version = ssl.TLSVersion.TLSv1_2
+            # No renegotiation (TLS 1.2 would allow it): a connection keeps the identity its
+            # handshake proved, which peer_identity reads once.
+            context.options |= ssl.OP_NO_RENEGOTIATION
         self.renewals = 0
         self._task: asyncio.Task[None] | None = None
 

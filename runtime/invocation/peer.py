@@ -57,8 +57,10 @@ def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
             limit=0, keepalive_timeout=_CLIENT_KEEPALIVE, ssl=ssl_context if ssl_context else False
         ),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT),
-        # Bodies and headers pass through as they are: no decompression, no added headers.
+        # Bodies and headers pass through as they are: no decompression, no added headers, and
+        # no cookie jar (a Set-Cookie is the app's answer to its caller, not to this sidecar).
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
     )
 
