@@ -9,10 +9,12 @@ is served; the answer carries the span's ``traceparent``; the span ends and the 
 in the metrics, rejected ones included.
 
 Serving: state GET and save, publish and service invocation with a small body, the calls an app
-makes all the time, are matched by splitting the path and answered from a :data:`~runtime.http.wire.Reply` tuple: no Request,
-Response, routing regex or middleware object per request. Everything else goes to the Starlette
-application (router, endpoints, exception handlers), which also holds the hot routes in its table,
-so it serves any hot-route request this module declines (a pubsub named ``bulk``).
+makes all the time, are matched by splitting the path and answered from a
+:data:`~runtime.http.wire.Reply` tuple: no Request, Response, routing regex or middleware object
+per request (an invocation whose answer streams is sent by a Starlette response). Everything else
+goes to the Starlette application (router, endpoints, exception handlers), which also holds the
+hot routes in its table, so it serves any hot-route request this module declines (a pubsub named
+``bulk``, a large or chunked invocation body).
 """
 
 from __future__ import annotations

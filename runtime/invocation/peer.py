@@ -1,25 +1,25 @@
-"""The hop between sidecars, and the call from a sidecar to its own app, both over aiohttp.
+"""The hop between sidecars, and the call from a sidecar to its own app.
 
 Pillion's sidecars speak HTTP/1.1 to each other on the internal port (over mutual TLS unless it is
 explicitly turned off): the request is the app's request (verb, ``/<method>?<query>``, headers,
 body streamed), the answer the app's answer. An error of the target sidecar itself (access denied,
 no app, app unreachable) is marked with the ``pillion-invoke-error`` header so the caller's sidecar
-can tell it from an answer of the app. Connections are pooled and kept open.
+can tell it from an answer of the app. The internal port is an aiohttp server; the calls out, to
+other sidecars and to the app, go over the kept-alive connections of ``runtime.invocation.http1``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
-from yarl import URL
 
 from runtime.invocation.calls import (
     HOP_BY_HOP,
@@ -31,6 +31,7 @@ from runtime.invocation.calls import (
     Unavailable,
     forwarded_response_headers,
 )
+from runtime.invocation.http1 import Answer, AnswerError, ConnectError, ConnectionPool
 from runtime.invocation.mtls import Identity, peer_identity
 
 if TYPE_CHECKING:
@@ -40,112 +41,71 @@ log = logging.getLogger("pillion.peer")
 ERROR_HEADER = "pillion-invoke-error"
 # Request headers that describe the hop, not the app's request.
 _HOP_REQUEST = HOP_BY_HOP | {"host"}
-# Keep-alive on the client side ends before the server's (75 s), so a pooled connection is never
-# one the server is closing.
-_CLIENT_KEEPALIVE = 30.0
-# How long a sidecar or app may take to accept a connection.
-_CONNECT_TIMEOUT = 5.0
 _CHUNK = 64 * 1024
 _SHUTDOWN_GRACE = 2.0
-# Answers that never have a body (RFC 9110 section 6.4.1).
-_NO_BODY = frozenset({*range(100, 200), 204, 304})
 
 
-def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=0, keepalive_timeout=_CLIENT_KEEPALIVE, ssl=ssl_context if ssl_context else False
-        ),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT),
-        # Bodies and headers pass through as they are: no decompression, no added headers, and
-        # no cookie jar (a Set-Cookie is the app's answer to its caller, not to this sidecar).
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-    )
-
-
-async def _stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.content.iter_any():
-            yield chunk
-    finally:
-        response.release()
+def _reply(answer: Answer) -> Reply:
+    headers = forwarded_response_headers(answer.headers)
+    if answer.content is not None:
+        return Reply(answer.status, headers, _once(answer.content), content=answer.content)
+    return Reply(answer.status, headers, answer.body, answer.release)
 
 
 async def _once(content: bytes) -> AsyncIterator[bytes]:
     yield content
 
 
-async def _reply(response: aiohttp.ClientResponse) -> Reply:
-    headers = forwarded_response_headers([(k, v) for k, v in response.headers.items()])
-    length = response.content_length
-    if response.status in _NO_BODY or response.method == "HEAD":
-        response.release()
-        return Reply(response.status, headers, _once(b""), content=b"")
-    if length is not None and length <= WHOLE_BODY_LIMIT:
-        try:
-            content = await response.read()
-        finally:
-            response.release()
-        return Reply(response.status, headers, _once(content), content=content)
-
-    async def release() -> None:
-        response.release()
-
-    return Reply(response.status, headers, _stream(response), release)
-
-
 class PeerClient:
-    """Calls other sidecars; one pooled session, keep-alive, client certificate when mTLS is on."""
+    """Calls other sidecars over kept-alive connections, with a client certificate when mTLS is on."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
         self._ssl = ssl_context
-        self._scheme = "https" if ssl_context is not None else "http"
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, ConnectionPool] = {}
+
+    def _pool(self, address: str) -> ConnectionPool:
+        pool = self._pools.get(address)
+        if pool is None:
+            host, _, port = address.rpartition(":")
+            pool = self._pools[address] = ConnectionPool(host.strip("[]"), int(port), self._ssl)
+        return pool
 
     async def send(self, address: str, app_id: str, namespace: str, call: Call) -> Reply:
-        if self._session is None:
-            self._session = _session(self._ssl)
-        url = URL(f"{self._scheme}://{address}{call.target}", encoded=True)
+        check = self._identity_check(app_id, address) if self._ssl is not None else None
         try:
-            response = await self._session.request(
-                call.verb, url, headers=call.headers, data=call.payload(), allow_redirects=False
+            answer = await self._pool(address).request(
+                call.verb, call.target, call.headers, call.payload(), WHOLE_BODY_LIMIT, check
             )
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectError as exc:
             raise Unavailable(str(exc)) from None
-        except aiohttp.ServerDisconnectedError as exc:
+        except AnswerError as exc:
             raise PeerRefused(500, f"rpc error: code = Unavailable desc = {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise PeerRefused(500, f"rpc error: code = Internal desc = {exc!r}") from None
-        if self._ssl is not None:
-            self._check_identity(response, app_id, address)
-        refused = response.headers.get(ERROR_HEADER)
+        refused = _header(answer.headers, ERROR_HEADER)
         if refused is not None:
-            try:
-                message = (await response.read()).decode("utf-8", "replace")
-            finally:
-                response.release()
+            content = answer.content
+            if content is None:
+                content = b"".join([chunk async for chunk in answer.body])
+            message = content.decode("utf-8", "replace")
             raise PeerRefused(int(refused) if refused.isdigit() else 500, message)
-        return await _reply(response)
+        return _reply(answer)
 
     @staticmethod
-    def _check_identity(response: aiohttp.ClientResponse, app_id: str, address: str) -> None:
+    def _identity_check(app_id: str, address: str) -> Callable[[asyncio.Transport], None]:
         """The answering sidecar must be one of ``app_id``: a stale registration may point at a
         port another app now holds."""
-        # The connection may already be back in the pool (a small answer is read at once), but
-        # the response keeps the protocol it was read from. aiohttp has no public accessor.
-        protocol = getattr(response, "_protocol", None)
-        transport = protocol.transport if protocol is not None else None
-        identity = peer_identity(transport.get_extra_info("ssl_object") if transport is not None else None)
-        if identity is None or identity.app_id != app_id:
-            response.close()
-            who = identity.uri if identity is not None else "a peer without a SPIFFE id"
-            raise Unavailable(f"{address} is {who}, not a sidecar of {app_id}")
+
+        def check(transport: asyncio.Transport) -> None:
+            identity = peer_identity(transport.get_extra_info("ssl_object"))
+            if identity is None or identity.app_id != app_id:
+                who = identity.uri if identity is not None else "a peer without a SPIFFE id"
+                raise Unavailable(f"{address} is {who}, not a sidecar of {app_id}")
+
+        return check
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
 
 
 class AppForwarder:
@@ -153,36 +113,44 @@ class AppForwarder:
 
     def __init__(self, address: str | None, port: int | None, scheme: str = "http") -> None:
         self.port = port
-        host = f"[{address}]" if address and ":" in address else address
-        self._base = f"{scheme}://{host}:{port}"
         self._token = os.environ.get("APP_API_TOKEN", "")
-        self._session: aiohttp.ClientSession | None = None
-        # daprd does not verify an https app's certificate: it runs beside the sidecar.
-        self._ssl: ssl.SSLContext | bool = False
+        self._pool: ConnectionPool | None = None
+        if port is not None:
+            # daprd does not verify an https app's certificate: it runs beside the sidecar.
+            context = None
+            if scheme == "https":
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._pool = ConnectionPool(address or "127.0.0.1", port, context)
 
     async def forward(self, call: Call) -> Reply:
-        if self.port is None:
+        if self._pool is None:
             raise PeerRefused(500, "rpc error: code = Internal desc = app channel is not initialized")
-        if self._session is None:
-            self._session = _session(None)
         headers = call.headers
         if self._token:
             headers = [(n, v) for n, v in headers if n.lower() != "dapr-api-token"]
             headers.append(("dapr-api-token", self._token))
-        url = URL(self._base + call.target, encoded=True)
         try:
-            response = await self._session.request(
-                call.verb, url, headers=headers, data=call.payload(), allow_redirects=False, ssl=self._ssl
+            answer = await self._pool.request(
+                call.verb, call.target, headers, call.payload(), WHOLE_BODY_LIMIT
             )
-        except aiohttp.ClientError as exc:
+        except (ConnectError, AnswerError) as exc:
             raise PeerRefused(
                 500, f"rpc error: code = Internal desc = error invoking app channel: {exc}"
             ) from None
-        return await _reply(response)
+        return _reply(answer)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
 class PeerServer:
