@@ -275,3 +275,27 @@ def test_an_outbound_retry_policy_publishes_once_the_broker_is_back(tmp_path: Pa
         _kill(server)
         for proc in restarted:
             _kill(proc)
+
+
+def test_an_outbound_timeout_ends_a_publish_the_broker_does_not_answer(tmp_path: Path) -> None:
+    port = free_port()
+    server = _redis_server(port, tmp_path / "redis")
+    resources = {"pubsub.yaml": _pubsub("bounded", port, readTimeout="10s"), "resiliency.yaml": OUTBOUND}
+    try:
+        sidecar = start_sidecar(tmp_path, "timeout", resources)
+        try:
+            assert _publish(sidecar, "bounded", "before").status_code == 204
+            server.send_signal(signal.SIGSTOP)  # Redis keeps the connection but answers nothing
+            started = time.monotonic()
+            answer = _publish(sidecar, "bounded", "unanswered")
+            took = time.monotonic() - started
+        finally:
+            sidecar.stop()
+    finally:
+        _kill(server)
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
+    assert answer.json()["message"] == (
+        "error when publishing to topic orders in pubsub bounded: context deadline exceeded"
+    )
+    assert took < 5  # the policy's 300 ms, not the component's 10 s readTimeout
