@@ -1,7 +1,7 @@
 """Resiliency for component targets, and daprd's delivery default without one: state calls behind
-a circuit breaker, pub/sub deliveries retried by an inbound policy, publishes under an outbound
-breaker, retries and timeout, and a dead-letter topic used after the first failed try when no
-policy applies."""
+a circuit breaker, pub/sub deliveries retried by an inbound policy, publishes (dead-letter
+republishing too) under an outbound breaker, retries and timeout, and a dead-letter topic used
+after the first failed try when no policy applies."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from tests.private_redis import PrivateRedis
 from tests.pubsub_support import Delivery, Reply, SubscriberApp, running, subscription
 from tests.state_support import component
 from tests.support import SidecarProcess, free_port, start_sidecar
@@ -139,6 +140,7 @@ spec:
       broken: {outbound: {circuitBreaker: publisher}}
       retried: {outbound: {retry: patient}}
       bounded: {outbound: {timeout: short}}
+      letters: {outbound: {retry: patient}}
 """
 BREAKER_TIMEOUT = 2.0
 
@@ -191,8 +193,8 @@ def _published(port: int, topic: str, marker: str) -> bool:
         client.close()
 
 
-def _publish(sidecar: SidecarProcess, pubsub: str, marker: str) -> httpx.Response:
-    return httpx.post(f"{sidecar.url}/v1.0/publish/{pubsub}/orders", json=marker, timeout=30)
+def _publish(sidecar: SidecarProcess, pubsub: str, marker: str, topic: str = "orders") -> httpx.Response:
+    return httpx.post(f"{sidecar.url}/v1.0/publish/{pubsub}/{topic}", json=marker, timeout=30)
 
 
 def test_an_outbound_breaker_stops_publishing_and_closes_again(tmp_path: Path) -> None:
@@ -299,3 +301,30 @@ def test_an_outbound_timeout_ends_a_publish_the_broker_does_not_answer(tmp_path:
         "error when publishing to topic orders in pubsub bounded: context deadline exceeded"
     )
     assert took < 5  # the policy's 300 ms, not the component's 10 s readTimeout
+
+
+def test_dead_letter_republishing_follows_the_outbound_policy(tmp_path: Path) -> None:
+    broker = PrivateRedis(tmp_path / "redis")
+    # The dead-letter topic's key holds a string: XADD to it fails (WRONGTYPE) until it is deleted.
+    broker.client.set("jobs-dead", "not a stream")
+    app = SubscriberApp(
+        [subscription("jobs", "/jobs", pubsub="letters", deadLetterTopic="jobs-dead")], _retry
+    ).start()
+    resources = {"pubsub.yaml": _pubsub("letters", broker.port), "resiliency.yaml": OUTBOUND}
+    try:
+        with running(tmp_path, app, resources, extra_args=["--log-level", "debug"]) as sidecar:
+            marker = uuid.uuid4().hex
+            assert _publish(sidecar, "letters", marker, "jobs").status_code == 204
+            app.wait_for(1, "/jobs", where=lambda d: d.event["data"] == marker)
+            deadline = time.monotonic() + 20
+            while "retrying in 0.20s after server:ResponseError" not in sidecar.log():
+                assert time.monotonic() < deadline, "the dead-letter republish was not retried"
+                time.sleep(0.05)
+            broker.client.delete("jobs-dead")
+            deadline = time.monotonic() + 15
+            while not _published(broker.port, "jobs-dead", marker):
+                assert time.monotonic() < deadline, "the message did not reach the dead-letter topic"
+                time.sleep(0.05)
+    finally:
+        app.stop()
+        broker.stop()
