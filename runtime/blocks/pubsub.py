@@ -457,8 +457,9 @@ class PubSubBlock:
 
         async def republish(topic: str, message: Message, reason: str) -> None:
             # The original bytes, so the app sees the original topic in the event; the metadata
-            # gains why and when, for whoever inspects the dead letters.
-            await entry.broker.publish(topic, message.data, mark(message, reason, self.app_id))
+            # gains why and when, for whoever inspects the dead letters. A publish like any other:
+            # under the pubsub's outbound Resiliency policy.
+            await entry.publish(topic, message.data, mark(message, reason, self.app_id))
 
         return republish
 

@@ -215,8 +215,15 @@ class Policy:
     async def _attempt(self, operation: Callable[[], Awaitable[T]]) -> T:
         if self.timeout is None:
             return await operation()
-        async with asyncio.timeout(self.timeout):
-            return await operation()
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await operation()
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the operation's own timeout, with its own message
+            # daprd's policy ends the call's context: the error is the context's.
+            raise TimeoutError("context deadline exceeded") from None
 
 
 @dataclass
