@@ -36,6 +36,8 @@ class InMemoryPubSub:
         )
     )
     features: ClassVar[frozenset[PubSubFeature]] = frozenset({PubSubFeature.SUBSCRIBE_WILDCARDS})
+    # Its messages live in this process: other processes (--workers) cannot see them.
+    process_local: ClassVar[bool] = True
 
     def __init__(self, metadata: dict[str, Any], context: ComponentContext) -> None:
         self._subscriptions: list[_Subscription] = []

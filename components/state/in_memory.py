@@ -37,6 +37,8 @@ class InMemoryStateStore:
         )
     )
     key_limits: ClassVar[KeyLimits] = ANY_KEY
+    # Its data lives in this process: other processes (--workers) cannot see it.
+    process_local: ClassVar[bool] = True
     features: ClassVar[frozenset[StateFeature]] = frozenset(
         {StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL, StateFeature.QUERY_API}
     )

@@ -183,6 +183,13 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
         default=5.0,
         help="seconds in-flight deliveries may take to finish when stopping (5)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="serve the HTTP API from N processes sharing its port (1); see docs/workers.md",
+    )
     limits = parser.add_argument_group("connections to the API")
     limits.add_argument(
         "--http-read-header-timeout",
@@ -349,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 64")
+    return int(text)
+
+
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:
     paths = [Path(p) for item in args.resources_path for p in item.split(",") if p]
     return SidecarOptions(
@@ -374,6 +387,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         app_protocol=args.app_protocol,
         invocation=_invocation_options(args),
         api_logging=args.enable_api_logging,
+        log_as_json=args.log_as_json,
+        workers=args.workers,
     )
 
 
@@ -418,7 +433,7 @@ def configure_logging(level: str, prefix: str = "", as_json: bool = False, app_i
     )
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:  # uvloop is optional where it cannot be built
@@ -441,7 +456,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         check_listen_address(options, args.allow_remote_access)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             try:
                 runner.run(Sidecar(options).serve())
             except (ResourceError, StartupError) as exc:
@@ -478,7 +493,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         check_listen_address(options, args.allow_remote_access)
         tell(args, f"app {options.app_id!r} with its sidecar on http://{options.host}:{options.http_port}")
         prefix = f"== APP{label} == ".encode()
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             try:
                 return runner.run(run(options, command, args.app_grace_period, options.api_token, prefix))
             except (ResourceError, StartupError) as exc:

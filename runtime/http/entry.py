@@ -35,6 +35,7 @@ from runtime.http import invoke as invoke_api
 from runtime.http import pubsub as pubsub_api
 from runtime.http import state as state_api
 from runtime.http.auth import EXEMPT, HEADER, refusal
+from runtime.http.primary import PrimaryForwarder, for_primary
 from runtime.http.request_metrics import METHODS, building_block
 from runtime.http.trace_context import SCOPE_KEY
 from runtime.http.wire import Headers, PathUnescapeError, Reply, error_reply, receive_body, text_reply
@@ -121,6 +122,9 @@ class ApiEntry:
         self.token = token.encode() if token else None
         self.max_body_size = sidecar.options.max_body_size
         self.hot = hot
+        primary = sidecar.options.primary_port
+        # In an API worker of --workers N: what only the primary sidecar can answer goes there.
+        self.primary = PrimaryForwarder(primary, self.max_body_size) if primary is not None else None
         # --enable-api-logging: a line per call, as daprd's "HTTP API Called" (no query string:
         # it may hold metadata values).
         self.api_log = logging.getLogger("pillion.api") if sidecar.options.api_logging else None
@@ -161,6 +165,9 @@ class ApiEntry:
         started = perf_counter()
         path = clean_path(scope.get("raw_path") or scope["path"].encode())
         method: str = scope["method"]
+        if self.primary is not None and for_primary(path):
+            await self.primary.forward(scope, receive, send)
+            return
         if self.api_log is not None:
             self.api_log.info("HTTP API Called: %s %s", method, path)
         parent: str | None = None

@@ -128,33 +128,39 @@ class ServiceInvocation:
         ssl_client = self.certificate.client_context if self.certificate else None
         scheme = "https" if self.options.app_protocol in ("https", "grpcs") else "http"
         self.app = AppForwarder(sidecar_options.app_channel_address, sidecar_options.app_port, scheme)
-        self.server = PeerServer(
-            sidecar_options.app_id,
-            self.namespace,
-            self.app,
-            self.sidecar.configuration.access_control,
-            ssl_server,
-        )
-        try:
-            port = await self.server.start(self.options.internal_host, self.options.internal_port)
-        except OSError as exc:
-            raise InvocationSetupError(
-                f"cannot listen on {self.options.internal_host}:{self.options.internal_port} "
-                f"(internal port): {exc.strerror}"
-            ) from None
+        # The extra processes of --workers call out only: the primary takes calls from other
+        # sidecars and is the one registered.
+        calls_in = sidecar_options.primary_port is None
+        port = 0
+        if calls_in:
+            self.server = PeerServer(
+                sidecar_options.app_id,
+                self.namespace,
+                self.app,
+                self.sidecar.configuration.access_control,
+                ssl_server,
+            )
+            try:
+                port = await self.server.start(self.options.internal_host, self.options.internal_port)
+            except OSError as exc:
+                raise InvocationSetupError(
+                    f"cannot listen on {self.options.internal_host}:{self.options.internal_port} "
+                    f"(internal port): {exc.strerror}"
+                ) from None
         self.resolver_type, resolver = _name_resolver(self.sidecar)
         try:
             await resolver.init()
-            await resolver.register(
-                Instance(
-                    sidecar_options.app_id,
-                    self.namespace,
-                    self._advertised_host(),
-                    port,
-                    sidecar_options.http_port,
-                    sidecar_options.app_port,
+            if calls_in:
+                await resolver.register(
+                    Instance(
+                        sidecar_options.app_id,
+                        self.namespace,
+                        self._advertised_host(),
+                        port,
+                        sidecar_options.http_port,
+                        sidecar_options.app_port,
+                    )
                 )
-            )
         except Exception as exc:
             raise InvocationSetupError(f"name resolution {self.resolver_type}: {exc}") from None
         self.resolver = resolver
@@ -169,6 +175,8 @@ class ServiceInvocation:
             self.resiliency,
             self._advertised_host(),
         )
+        if not calls_in:
+            return
         log.info(
             "service invocation: internal port %s:%d (%s), name resolution %s",
             self.options.internal_host,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from runtime import __version__
-from runtime.blocks.base import BlockContext
+from runtime.blocks.base import BlockContext, LoadedComponent
 from runtime.blocks.hooks import AppFacing
 from runtime.blocks.pubsub import PubSubBlock
 from runtime.blocks.registry import Blocks
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from runtime.grpc.server import GrpcServer
     from runtime.invocation.service import ServiceInvocation
     from runtime.lifecycle.hot_reload import ResourceWatcher
+    from runtime.lifecycle.workers import ApiWorkers
 
 __all__ = ["Sidecar", "SidecarOptions", "StartupError"]
 
@@ -89,6 +90,12 @@ class SidecarOptions:
     invocation: InvocationOptions = field(default_factory=InvocationOptions)
     # --enable-api-logging: one log line per API call.
     api_logging: bool = False
+    log_as_json: bool = False
+    # --workers N: N processes serve the HTTP API on one port (runtime/lifecycle/workers.py).
+    workers: int = 1
+    # Set in the extra processes of --workers: the primary's private port, for what only the
+    # primary can answer (metadata, shutdown, configuration subscriptions, the admin API).
+    primary_port: int | None = None
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -133,6 +140,7 @@ class Sidecar:
         self.channel: AppConnection | None = None
         self.grpc: GrpcServer | None = None
         self._watcher: ResourceWatcher | None = None
+        self.workers: ApiWorkers | None = None
         self.outbox: Outbox | None = None
         self.invocation: ServiceInvocation | None = None
         self.resiliency: Resiliency | None = None
@@ -409,6 +417,9 @@ class Sidecar:
         family = socket.AF_INET6 if ":" in self.options.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.options.workers > 1 or self.api_worker:
+            # The processes of --workers share the port; the kernel spreads connections over them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self.options.host, self.options.http_port))
         except OSError as exc:
@@ -431,6 +442,8 @@ class Sidecar:
         resources = self.load_resources()
         self.tracer = create_tracer(self.options.app_id, __version__, self.configuration.tracing)
         sock = self.bind()
+        sockets = [sock]
+        api_worker = self.api_worker
         server = _Server(
             uvicorn.Config(
                 create_app(self),
@@ -447,13 +460,15 @@ class Sidecar:
         )
         self._server = server
         try:
-            await self._start_metrics_server()
+            if not api_worker:
+                await self._start_metrics_server()
             await self.start_components(resources)
-            if not self.options.resources_paths:
+            if not self.options.resources_paths and not api_worker:
                 options = self.options
                 await asyncio.to_thread(embedded.adopt_legacy_data, options.app_id, options.data_dir)
             await self._start_invocation()
-            await self._start_grpc()
+            if not api_worker:
+                await self._start_grpc()
             if self.options.resources_paths:
                 from runtime.lifecycle.hot_reload import ResourceWatcher
 
@@ -465,33 +480,67 @@ class Sidecar:
                     self.subscriptions_reloaded,
                 )
                 self._watcher.start()
-            if self.options.app_port is not None and self.options.app_health is not None:
-                self._start_app_health()
-            if self.options.app_port is not None:
+            # Deliveries, input bindings and app health checks are the primary's, not an API worker's.
+            if self.options.app_port is not None and not api_worker:
+                if self.options.app_health is not None:
+                    self._start_app_health()
                 self.spawn(self._wait_for_app_port())
-            elif self.pubsub.has_brokers:
+            elif self.pubsub.has_brokers and not api_worker:
                 log.info("no --app-port: pub/sub subscriptions are not started")
+            if self.options.workers > 1:
+                sockets.append(await self._start_workers(sock))
             log.info(
-                "pillion %s serving app %r on http://%s:%d",
+                "pillion %s serving app %r on http://%s:%d%s",
                 __version__,
                 self.options.app_id,
                 self.options.host,
-                self.options.http_port,
+                sock.getsockname()[1],
+                f" ({self.options.workers} processes)" if self.options.workers > 1 else "",
             )
-            self._announce()
+            if not api_worker:
+                self._announce()
             with server.stop_on_signals() if handle_signals else contextlib.nullcontext():
-                await server.serve(sockets=[sock])
+                await server.serve(sockets=sockets)
         finally:
             if handle_signals:
                 exit_after(self.options.drain_timeout + STOP_SLACK, "stopping began")
+            if self.workers is not None:
+                await self.workers.stop(self.options.drain_timeout)
             if self.grpc is not None:
                 await self.grpc.stop(self.options.drain_timeout)
             await self.stop_components()
-            sock.close()
+            for opened in sockets:
+                opened.close()
             await self._stop_observability()
             log.info("pillion stopped")
         if self._fatal is not None:
             raise StartupError(self._fatal)
+
+    @property
+    def api_worker(self) -> bool:
+        """Whether this process is an extra API worker of --workers N (not the primary)."""
+        return self.options.primary_port is not None
+
+    async def _start_workers(self, sock: socket.socket) -> socket.socket:
+        """Start the other processes of --workers N; the private socket they reach this one on."""
+        from runtime.lifecycle.workers import ApiWorkers
+
+        local = [
+            f"{c.resource.name} ({c.resource.type})" for c in self.components.components if _process_local(c)
+        ]
+        if local:
+            raise StartupError(
+                f"--workers {self.options.workers}: {', '.join(local)} cannot be shared by several "
+                "processes (its data lives in one); use a store or broker outside the process "
+                "(SQLite, Redis, PostgreSQL, ...) or --workers 1"
+            )
+        private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        private.bind(("127.0.0.1", 0))
+        private.listen(128)
+        private.setblocking(False)
+        self.workers = ApiWorkers(self.options, sock.getsockname()[1], private.getsockname()[1])
+        await self.workers.start()
+        return private
 
     async def _start_grpc(self) -> None:
         """The gRPC API, before the app starts. A port given with --dapr-grpc-port must be had;
@@ -606,3 +655,7 @@ class _Server(uvicorn.Server):
         else:
             exit_after(self.drain_timeout + STOP_SLACK, name)
         self.should_exit = True
+
+
+def _process_local(component: LoadedComponent) -> bool:
+    return bool(getattr(component.instance, "process_local", False))
