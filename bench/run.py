@@ -29,7 +29,20 @@ from typing import Any
 
 import psutil
 
-from bench import blocks, charts, cpu, dashboard, grpc, invoke, lifecycle, pubsub, report, scaling, state
+from bench import (
+    blocks,
+    charts,
+    cpu,
+    dashboard,
+    grpc,
+    invoke,
+    lifecycle,
+    pubsub,
+    report,
+    scaling,
+    state,
+    workers,
+)
 from bench.common import ROOT, BenchError, SectionResult, Settings
 from bench.services import Services
 
@@ -58,6 +71,7 @@ SECTIONS: dict[str, Section] = {
     "lifecycle.serve": lifecycle.serve,
     "lifecycle.run": lifecycle.run,
     "cpu": cpu.section,
+    "workers": workers.section,
     "state.latency": state.latency,
     "state.redis": state.redis,
     "state.postgresql": state.postgresql,
