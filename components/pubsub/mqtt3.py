@@ -17,6 +17,13 @@ At-least-once:
   again by the broker when the same session reconnects.
 * MQTT 3.1.1 cannot reject a message, so a handler that raised is run again by the sidecar itself
   after a pause, while the broker still counts the message as unacknowledged.
+* A broker that restarts may come back without the shared subscriptions of its persistent sessions
+  (Mosquitto 2.0 restores only plain ones) until each subscriber has subscribed again, and drops
+  what is published meanwhile. So the publishing connection speaks MQTT 5 where the broker does,
+  whose PUBACK says "no matching subscribers": for ``_RESUBSCRIBE_GRACE`` after the publisher had
+  to reconnect, a publish to a topic that had subscribers before and has none now fails (500, try
+  again) instead of being acknowledged and lost. Otherwise a topic without subscribers takes
+  publishes as Dapr's component does. Subscriptions stay MQTT 3.1.1, as Dapr's.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ import re
 import socket
 import ssl
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO, cast
 from urllib.parse import unquote, urlsplit
 
 from components.base import ComponentContext
@@ -48,6 +57,13 @@ log = logging.getLogger("pillion.pubsub.mqtt3")
 # give a message back to the broker short of dropping the connection).
 _RETRY_AFTER = 1.0
 _MAX_RECONNECT_WAIT = 10.0
+# After the publisher reconnected, how long a topic that lost its subscribers may be a broker that
+# restarted and is waiting for them to subscribe again (they reconnect within seconds).
+_RESUBSCRIBE_GRACE = 30.0
+# PUBACK/PUBREC reason code of MQTT 5: the broker had nobody to send the message to.
+_NO_MATCHING_SUBSCRIBERS = 16
+# CONNACK answers of a broker that does not speak MQTT 5 (3.1.1's code, then 5's).
+_UNSUPPORTED_PROTOCOL = frozenset({1, 132})
 _SCHEMES = {"tcp": False, "mqtt": False, "ssl": True, "tls": True, "mqtts": True}
 _GROUP_UNSAFE = re.compile(r"[/+#\s]+")
 
@@ -137,6 +153,13 @@ class MQTTPubSub:
         self.instance = ""
         self._publisher: aiomqtt.Client | None = None
         self._publisher_lock = asyncio.Lock()
+        # MQTT 5 for publishing until the broker refuses it.
+        self._publish_v5 = True
+        # PUBACK reason codes by message id, for the publishes waiting on them.
+        self._acks: dict[int, asyncio.Future[int]] = {}
+        # Topics whose last publish reached a subscriber, and when the publisher last came back.
+        self._had_subscribers: set[str] = set()
+        self._reconnected_at: float | None = None
         self._subscriptions: set[SharedSubscription] = set()
         if self.qos == 0:
             log.warning(
@@ -161,7 +184,7 @@ class MQTTPubSub:
         self._lease = lease
         self.instance = short_hash(socket.gethostname(), str(self._sessions_dir), self.name, str(slot))
         try:
-            self._publisher = await self._connect(None, clean_session=True)
+            self._publisher = await self._connect_publisher()
         except BaseException as exc:
             # Also when cancelled: the slot is free again for the next attempt.
             lease.close()
@@ -211,7 +234,47 @@ class MQTTPubSub:
             self._lease.write(client_id + "\n")
             self._lease.flush()
 
-    async def _connect(self, client_id: str | None, *, clean_session: bool) -> aiomqtt.Client:
+    async def _connect_publisher(self) -> aiomqtt.Client:
+        """The publishing connection: MQTT 5 (for PUBACK's reason code) unless the broker refuses it."""
+        from aiomqtt import MqttCodeError
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        if self._publish_v5:
+            try:
+                client = await self._connect(None, clean_session=None, version5=True)
+            except MqttCodeError as exc:
+                refusal = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+                if refusal not in _UNSUPPORTED_PROTOCOL:
+                    raise
+                log.info("pubsub %s: the broker does not speak MQTT 5; publishing over 3.1.1", self.name)
+                self._publish_v5 = False
+            else:
+                self._watch_acks(client)
+                return client
+        client = await self._connect(None, clean_session=True)
+        self._watch_acks(client)
+        return client
+
+    def _watch_acks(self, client: aiomqtt.Client) -> None:
+        """Hand each PUBACK's reason code to the publish waiting for it, then to aiomqtt."""
+        paho = client._client
+        # aiomqtt's own callback (paho's version 2 signature), which releases aiomqtt's waiters.
+        forward = cast("Callable[..., None] | None", paho.on_publish)
+
+        def on_publish(paho_client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+            # Nothing runs between a publish and its waiter being noted, so none comes early; one
+            # that comes after its publish gave up is dropped.
+            waiting = self._acks.pop(mid, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(int(getattr(reason_code, "value", 0)))
+            if forward is not None:
+                forward(paho_client, userdata, mid, reason_code, properties)
+
+        paho.on_publish = on_publish
+
+    async def _connect(
+        self, client_id: str | None, *, clean_session: bool | None, version5: bool = False
+    ) -> aiomqtt.Client:
         import aiomqtt
 
         client = aiomqtt.Client(
@@ -221,7 +284,7 @@ class MQTTPubSub:
             password=self.password,
             identifier=client_id,
             clean_session=clean_session,
-            protocol=aiomqtt.ProtocolVersion.V311,
+            protocol=aiomqtt.ProtocolVersion.V5 if version5 else aiomqtt.ProtocolVersion.V311,
             keepalive=self.keepalive,
             tls_context=self._ssl,
             timeout=10,
@@ -281,22 +344,45 @@ class MQTTPubSub:
     async def _publish_on(self, client: aiomqtt.Client, topic: str, data: bytes) -> None:
         """Return after PUBACK (QoS 1) or PUBCOMP (QoS 2): the broker has the message. A lost
         connection fails the publish at once; aiomqtt would wait out its timeout for the ack."""
-        from aiomqtt import MqttError
+        from aiomqtt import MqttCodeError, MqttError
+        from paho.mqtt.client import MQTT_ERR_SUCCESS
 
-        publishing = asyncio.ensure_future(
-            client.publish(self.topic_name(topic), data, qos=self.qos, retain=self.retain)
-        )
+        name = self.topic_name(topic)
+        info = client._client.publish(name, data, self.qos, self.retain)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise MqttCodeError(info.rc, "could not publish the message")
+        if self.qos == 0:
+            return
+        acked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = acked
         lost = asyncio.shield(client._disconnected)
         try:
-            done, _ = await asyncio.wait({publishing, lost}, return_when=asyncio.FIRST_COMPLETED)
+            async with asyncio.timeout(client.timeout):
+                waiting: set[asyncio.Future[Any]] = {acked, lost}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise MqttError("the broker did not acknowledge the message in time") from None
         finally:
             lost.cancel()
-            if not publishing.done():
-                publishing.cancel()
-        if publishing in done:
-            publishing.result()
+            self._acks.pop(info.mid, None)
+        if acked not in done:
+            raise MqttError("the connection to the broker was lost before it acknowledged the message")
+        self._check_reached(name, acked.result())
+
+    def _check_reached(self, name: str, code: int) -> None:
+        """Refuse a publish that a restarted broker dropped for want of the subscribers it had."""
+        if code != _NO_MATCHING_SUBSCRIBERS:
+            self._had_subscribers.add(name)
             return
-        raise MqttError("the connection to the broker was lost before it acknowledged the message")
+        since = self._reconnected_at
+        recently_back = since is not None and time.monotonic() - since < _RESUBSCRIBE_GRACE
+        if name in self._had_subscribers and recently_back:
+            raise RuntimeError(
+                f"the MQTT broker at {self.where()} came back without a subscriber for topic "
+                f"{name!r} (they are subscribing again); the message was not kept: publish it again"
+            )
+        # A topic nobody subscribes to takes publishes, as with Dapr's component.
+        self._had_subscribers.discard(name)
 
     async def _reconnect_publisher(self, broken: aiomqtt.Client | None = None) -> aiomqtt.Client:
         async with self._publisher_lock:
@@ -305,7 +391,9 @@ class MQTTPubSub:
             if broken is not None:
                 await _disconnect(broken)
             self._publisher = None
-            self._publisher = await self._connect(None, clean_session=True)
+            self._publisher = await self._connect_publisher()
+            # The broker may have restarted: topics can be without their subscribers a while.
+            self._reconnected_at = time.monotonic()
             return self._publisher
 
     async def subscribe(self, topic: str, handler: Handler, options: SubscribeOptions) -> SharedSubscription:
