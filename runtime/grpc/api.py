@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
@@ -53,6 +53,8 @@ class Call:
 
     metadata: dict[str, str]
     span: Span
+    # Sent to the caller as initial metadata with the answer (InvokeService's dapr-http-status).
+    answer_metadata: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _etag(item: common_pb2.StateItem) -> str | None:

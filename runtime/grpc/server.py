@@ -31,9 +31,11 @@ from runtime.grpc.errors import (
     unauthenticated,
     unimplemented,
 )
+from runtime.grpc.invoke_api import InvokeAPI
 from runtime.grpc.protos import (
     binding_pb2,
     configuration_pb2,
+    invoke_pb2,
     lock_pb2,
     metadata_pb2,
     pubsub_pb2,
@@ -75,6 +77,7 @@ _SERVED: dict[str, tuple[Any, str, str]] = {
         "configuration.v1alpha1",
         "configuration",
     ),
+    "InvokeService": (invoke_pb2.InvokeServiceRequest, "invoke.v1", "invoke"),
     # ShutdownRequest has no fields: Empty reads it.
     "Shutdown": (empty_pb2.Empty, "shutdown.v1", "other"),
 }
@@ -89,6 +92,7 @@ class GrpcServer:
         self._token = options.api_token.encode() if options.api_token else None
         self._api = DaprAPI(sidecar)
         self._blocks_api = BlocksAPI(sidecar)
+        self._invoke_api = InvokeAPI(sidecar)
         self.streams = StreamingSubscriptions(sidecar)
         self._server: grpc.aio.Server | None = None
         self.port = port
@@ -156,6 +160,7 @@ class GrpcServer:
             "UnlockAlpha1": self._blocks_api.unlock,
             "GetConfiguration": self._blocks_api.get_configuration,
             "GetConfigurationAlpha1": self._blocks_api.get_configuration,
+            "InvokeService": self._invoke_api.invoke_service,
         }
         config = self._sidecar.configuration
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -212,12 +217,17 @@ class GrpcServer:
             call: Call | None = None
             try:
                 call = self._call(method, context)
-                return await behaviour(request, call)
+                answer = await behaviour(request, call)
+                if call.answer_metadata:
+                    await context.send_initial_metadata(call.answer_metadata)
+                return answer
             except Exception as exc:
                 error = _as_grpc_error(exc, method)
                 if error is None:
                     raise  # grpc's own abort, or the call was cancelled
                 code = error.code
+                if call is not None and call.answer_metadata:
+                    await context.send_initial_metadata(call.answer_metadata)
                 await context.abort(error.code, error.message, error.trailing_metadata())
             finally:
                 if call is not None:

@@ -1,16 +1,18 @@
 // The official Dapr JavaScript SDK (@dapr/dapr 3.x) in its gRPC mode, unchanged, against Pillion's
-// gRPC API: state and publish.
+// gRPC API: state, publish, and service invocation (InvokeService) of the sidecar's own app.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
 import { collectingLogger, loadDaprSDK } from './npm-cache.mjs';
 import { eventually, freePort, PUBSUB, startSidecar, STATE_STORE } from './sidecar.mjs';
 
 const { sdk, version } = loadDaprSDK();
-const { DaprClient, CommunicationProtocolEnum, LogLevel } = sdk;
+const { DaprClient, CommunicationProtocolEnum, HttpMethod, LogLevel } = sdk;
 
 let sidecar;
 let client;
+let app;
 const logger = collectingLogger();
 let failed = false;
 
@@ -27,12 +29,28 @@ function tracked(fn) {
 
 const sdkTest = (name, fn) => test(name, tracked(fn));
 
+// The app the invocation tests call: it answers with what it was sent.
+function startApp() {
+  const server = http.createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk) => { body += chunk; });
+    request.on('end', () => {
+      const answer = request.url === '/dapr/subscribe' ? [] : { method: request.method, url: request.url, body };
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify(answer));
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
 before(tracked(async () => {
   assert.match(version, /^3\./);
+  app = await startApp();
   sidecar = await startSidecar({
     appId: 'grpcsdkapp',
     resources: { 'statestore.yaml': STATE_STORE, 'pubsub.yaml': PUBSUB },
     grpcPort: await freePort(),
+    appPort: app.address().port,
   });
   client = new DaprClient({
     daprHost: '127.0.0.1',
@@ -47,6 +65,7 @@ after(async () => {
   await client?.stop();
   const sidecarLog = sidecar?.log();
   await sidecar?.stop();
+  app?.close();
   if (failed) console.error(`@dapr/dapr ${version} log:\n${logger.lines.join('\n')}\nsidecar log:\n${sidecarLog}`);
 });
 
@@ -101,5 +120,18 @@ describe('@dapr/dapr over gRPC: publish', () => {
   sdkTest('metadata over gRPC', async () => {
     const metadata = await eventually(() => client.metadata.get(), { what: 'metadata' });
     assert.equal(metadata.id, 'grpcsdkapp');
+  });
+});
+
+describe('@dapr/dapr over gRPC: service invocation', () => {
+  sdkTest('invoke an app with a verb and a JSON body', async () => {
+    const answer = await client.invoker.invoke('grpcsdkapp', 'orders/7', HttpMethod.POST, { qty: 3 });
+    assert.equal(answer.method, 'POST');
+    assert.equal(answer.url, '/orders/7');
+    assert.deepEqual(JSON.parse(answer.body), { qty: 3 });
+  });
+
+  sdkTest('an unknown app is an error', async () => {
+    await assert.rejects(client.invoker.invoke('nobody-here', 'x', HttpMethod.GET));
   });
 });
