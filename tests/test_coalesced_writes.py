@@ -1,6 +1,7 @@
-"""The API connections' write gathering (runtime/http/connections.py ``CoalescedWrites``): what is
-written within one loop turn leaves in one piece and in order, nothing written is lost on close,
-a large body is not held back, and an abort drops what was gathered. Real sockets."""
+"""The API connections' write gathering (runtime/http/connections.py ``CoalescedWrites``): a head
+and the body after it leave in one piece and in order, a lone write leaves at the end of the loop
+turn, nothing written is lost on close, a large body is not held back, and an abort drops what
+was held. Real sockets."""
 
 from __future__ import annotations
 
@@ -28,16 +29,16 @@ async def _pair() -> tuple[CoalescedWrites, asyncio.StreamReader, asyncio.Abstra
     return CoalescedWrites(transport, loop), await accepted, server
 
 
-async def test_writes_of_one_turn_leave_together_in_order_and_close_sends_them() -> None:
+async def test_a_head_and_its_body_leave_together_and_close_sends_what_is_held() -> None:
     writes, reader, server = await _pair()
-    writes.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-    writes.write(b"ok")
-    assert writes.get_write_buffer_size() >= 2  # gathered, not yet handed to the socket
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert writes.get_write_buffer_size() == 0
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    writes.write(head)
+    assert writes.get_write_buffer_size() == len(head)  # held for the next write
+    writes.write(b"ok")  # which sends both at once
     first = await asyncio.wait_for(reader.read(1000), 2)
-    assert first == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    assert first == head + b"ok"
+    writes.write(b"alone")  # no second write: it leaves at the end of the loop turn
+    assert await asyncio.wait_for(reader.read(1000), 2) == b"alone"
     writes.write(b"last words")
     writes.close()
     assert await asyncio.wait_for(reader.read(), 2) == b"last words"

@@ -90,8 +90,9 @@ class CoalescedWrites(asyncio.Transport):
 
     uvicorn writes a response's head and its body separately, and on an idle socket uvloop sends
     each write at once: two ``send`` calls per answer, about a fifth of the CPU of a small request.
-    Writes are gathered and sent at the end of the turn (at once past ``_FLUSH_AT``, so a body
-    produced without pause is not held); ``close`` sends what is gathered first.
+    So a write is held until the next one, which sends both (the head and a whole body leave
+    together, without waiting), or until the end of the loop turn; a large write, ``close`` and
+    ``write_eof`` send what is held first.
     """
 
     _FLUSH_AT = 64 * 1024
@@ -109,18 +110,21 @@ class CoalescedWrites(asyncio.Transport):
             return
         self._pending.append(bytes(data))
         self._size += len(data)
-        if self._size >= self._FLUSH_AT:
+        if len(self._pending) > 1 or self._size >= self._FLUSH_AT:
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._scheduled = False
+        self._flush()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
 
     def _flush(self) -> None:
-        self._scheduled = False
         if not self._pending:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)

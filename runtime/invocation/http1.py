@@ -34,9 +34,9 @@ import httptools
 Headers = list[tuple[str, str]]
 # A request line cannot carry these as they are: spaces, controls and non-ASCII bytes are escaped.
 _UNSAFE = re.compile(rb"[\x00-\x20\x7f-\xff]")
-# Idle connections older than this are not reused: the server may be closing them (aiohttp's
-# server keeps them 75 s, uvicorn 5 s; the race is also caught by the one retry).
-_IDLE_LIMIT = 4.0
+# Idle connections older than this are not reused by default: the server may be closing them
+# (uvicorn and Node keep an idle connection 5 s; the race is also caught by the one retry).
+DEFAULT_IDLE_LIMIT = 4.0
 _CONNECT_TIMEOUT = 5.0
 # A streamed answer stops being read while this much waits for its consumer.
 _HIGH_WATER = 256 * 1024
@@ -302,9 +302,16 @@ class _Connection(asyncio.Protocol):
 class ConnectionPool:
     """Connections to one ``host:port`` (over TLS with ``ssl_context``), reused while idle."""
 
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_limit: float = DEFAULT_IDLE_LIMIT,
+    ) -> None:
         self.host, self.port = host, port
         self._ssl = ssl_context
+        self._idle_limit = idle_limit
         self._host_header = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         self._idle: list[_Connection] = []
 
@@ -405,7 +412,7 @@ class ConnectionPool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < _IDLE_LIMIT:
+            if not connection.closed and now - connection.idle_since < self._idle_limit:
                 return connection, True
             connection.abort()
         loop = asyncio.get_running_loop()

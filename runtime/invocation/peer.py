@@ -43,6 +43,8 @@ ERROR_HEADER = "pillion-invoke-error"
 _HOP_REQUEST = HOP_BY_HOP | {"host"}
 _CHUNK = 64 * 1024
 _SHUTDOWN_GRACE = 2.0
+# The internal port's server (aiohttp) keeps an idle connection 75 s; a TLS handshake is dear.
+_PEER_IDLE_LIMIT = 30.0
 
 
 def _reply(answer: Answer) -> Reply:
@@ -67,7 +69,9 @@ class PeerClient:
         pool = self._pools.get(address)
         if pool is None:
             host, _, port = address.rpartition(":")
-            pool = self._pools[address] = ConnectionPool(host.strip("[]"), int(port), self._ssl)
+            pool = self._pools[address] = ConnectionPool(
+                host.strip("[]"), int(port), self._ssl, idle_limit=_PEER_IDLE_LIMIT
+            )
         return pool
 
     async def send(self, address: str, app_id: str, namespace: str, call: Call) -> Reply:
