@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +134,23 @@ def start_invoke_sidecar(
     if app is not None:
         args += ["--app-port", str(app.port)]
     return start_sidecar(workdir / app_id, app_id=app_id, extra_args=args, resources=resources, env=env)
+
+
+Pair = tuple[SidecarProcess, SidecarProcess, InvokeApp]
+
+
+@contextmanager
+def invoke_pair(workdir: Path, app_name: str, caller_id: str, target_id: str) -> Iterator[Pair]:
+    """(caller's sidecar, target's sidecar with the app ``app_name``, the app), stopped after."""
+    app = start_app(app_name)
+    target = start_invoke_sidecar(workdir, target_id, app)
+    caller = start_invoke_sidecar(workdir, caller_id)
+    try:
+        yield caller, target, app
+    finally:
+        caller.stop()
+        target.stop()
+        app.stop()
 
 
 _INTERNAL = re.compile(r"internal port ([\d.]+):(\d+)")

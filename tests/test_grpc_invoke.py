@@ -16,22 +16,14 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc, invoke_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.invoke_support import InvokeApp, start_app, start_invoke_sidecar
+from tests.invoke_support import Pair, invoke_pair
 from tests.support import SidecarProcess
-
-Pair = tuple[SidecarProcess, SidecarProcess, InvokeApp]
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    workdir = tmp_path_factory.mktemp("grpc-invoke")
-    app = start_app("g1")
-    target = start_invoke_sidecar(workdir, "ginv-b", app)
-    caller = start_invoke_sidecar(workdir, "ginv-a")
-    yield caller, target, app
-    caller.stop()
-    target.stop()
-    app.stop()
+    with invoke_pair(tmp_path_factory.mktemp("grpc-invoke"), "g1", "ginv-a", "ginv-b") as found:
+        yield found
 
 
 def _request(

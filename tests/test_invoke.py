@@ -17,25 +17,16 @@ import psutil
 import pytest
 
 from runtime.invocation.mtls import create_ca
-from tests.invoke_support import InvokeApp, internal_port, start_app, start_invoke_sidecar
+from tests.invoke_support import Pair, internal_port, invoke_pair, start_app, start_invoke_sidecar
 from tests.support import SidecarProcess, run_sidecar_to_exit
 
-Pair = tuple[SidecarProcess, SidecarProcess, InvokeApp]
 VERBS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 @pytest.fixture(scope="module")
-def pair(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[SidecarProcess, SidecarProcess, InvokeApp]]:
-    workdir = tmp_path_factory.mktemp("invoke")
-    app = start_app("b1")
-    target = start_invoke_sidecar(workdir, "inv-b", app)
-    caller = start_invoke_sidecar(workdir, "inv-a")
-    yield caller, target, app
-    caller.stop()
-    target.stop()
-    app.stop()
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with invoke_pair(tmp_path_factory.mktemp("invoke"), "b1", "inv-a", "inv-b") as found:
+        yield found
 
 
 def _echo(response: httpx.Response) -> dict[str, object]:
