@@ -9,7 +9,7 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -143,25 +143,36 @@ def _rss(process: SidecarProcess) -> int:
     return int(psutil.Process(process.proc.pid).memory_info().rss)
 
 
-def test_a_100_mb_body_streams_both_ways_without_being_held(pair: Pair) -> None:
-    caller, target, _ = pair
-    size = 100 * 1024 * 1024
+def _hundred_mb() -> tuple[Callable[[], Iterator[bytes]], str]:
+    """A 100 MB body, sent in 1 MB blocks as it is read, and its SHA-256."""
     block = os.urandom(1024 * 1024)
     expected = hashlib.sha256()
     for _ in range(100):
         expected.update(block)
-    before = {p.app_id: _rss(p) for p in (caller, target)}
 
     def body() -> Iterator[bytes]:
         for _ in range(100):
             yield block
 
+    return body, expected.hexdigest()
+
+
+def test_a_100_mb_body_streams_both_ways_without_being_held(pair: Pair) -> None:
+    caller, target, _ = pair
+    size = 100 * 1024 * 1024
+    body, _ = _hundred_mb()
+    before = {p.app_id: _rss(p) for p in (caller, target)}
     with httpx.Client(base_url=caller.url, timeout=120) as client:
         # Chunked (no Content-Length) upload; the body limit is the sidecar's, raised for this.
         up = client.post("/v1.0/invoke/inv-b/method/sink", content=body())
         assert up.status_code == 413  # the default 4Mi limit applies to invocation too
     assert up.json()["errorCode"] == "ERR_BODY_READ"
 
+    # The app's /source/<n> repeats bytes 0..255 for n bytes.
+    pattern = bytes(range(256)) * 256
+    expected = hashlib.sha256()
+    for _ in range(size // len(pattern)):
+        expected.update(pattern)
     with httpx.Client(base_url=caller.url, timeout=120) as client:
         received = 0
         digest = hashlib.sha256()
@@ -171,6 +182,7 @@ def test_a_100_mb_body_streams_both_ways_without_being_held(pair: Pair) -> None:
                 received += len(chunk)
                 digest.update(chunk)
     assert received == size
+    assert digest.hexdigest() == expected.hexdigest()
     for process in (caller, target):
         grown = _rss(process) - before[process.app_id]
         assert grown < 40 * 1024 * 1024, f"{process.app_id} grew by {grown} bytes"
@@ -181,20 +193,12 @@ def test_a_100_mb_upload_streams_through(tmp_path: Path) -> None:
     target = start_invoke_sidecar(tmp_path, "inv-big", app, ["--max-body-size", "200Mi"])
     caller = start_invoke_sidecar(tmp_path, "inv-big-caller", None, ["--max-body-size", "200Mi"])
     try:
-        block = os.urandom(1024 * 1024)
-        expected = hashlib.sha256()
-        for _ in range(100):
-            expected.update(block)
+        body, expected = _hundred_mb()
         before = {p.app_id: _rss(p) for p in (caller, target)}
-
-        def body() -> Iterator[bytes]:
-            for _ in range(100):
-                yield block
-
         with httpx.Client(base_url=caller.url, timeout=120) as client:
             up = client.post("/v1.0/invoke/inv-big/method/sink", content=body())
         assert up.status_code == 200, up.text
-        assert up.json() == {"size": 100 * 1024 * 1024, "sha256": expected.hexdigest()}
+        assert up.json() == {"size": 100 * 1024 * 1024, "sha256": expected}
         for process in (caller, target):
             grown = _rss(process) - before[process.app_id]
             assert grown < 40 * 1024 * 1024, f"{process.app_id} grew by {grown} bytes"

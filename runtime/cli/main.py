@@ -185,7 +185,7 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser, run_mode: bool = False) 
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=_positive_int,
         default=1,
         metavar="N",
         help="serve the HTTP API from N processes sharing its port (1); see docs/workers.md",
@@ -354,12 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_cli.add_command(commands)
     deadletters_cli.add_command(commands)
     return parser
-
-
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to 64")
-    return int(text)
 
 
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:

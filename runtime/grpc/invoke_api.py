@@ -21,7 +21,7 @@ from runtime.errors import DOMAIN, direct_invoke_failed
 from runtime.grpc.errors import GrpcError
 from runtime.grpc.protos import common_pb2, invoke_pb2
 from runtime.invocation.calls import Call as InvokeCall
-from runtime.invocation.calls import forwarded_request_headers, normalize_method
+from runtime.invocation.calls import forwarded_request_headers, header, normalize_method
 
 if TYPE_CHECKING:
     from runtime.grpc.api import Call
@@ -99,5 +99,5 @@ class InvokeAPI:
                 },
             )
             raise GrpcError(_CODES.get(reply.status, grpc.StatusCode.UNKNOWN), phrase, [info])
-        content_type = next((v for k, v in reply.headers if k.lower() == "content-type"), "")
+        content_type = header(reply.headers, "content-type") or ""
         return common_pb2.InvokeResponse(data=any_pb2.Any(value=body), content_type=content_type)

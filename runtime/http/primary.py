@@ -8,6 +8,7 @@ the process that holds them) and the admin API of the dashboard and ``pillion de
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.types import Receive, Scope, Send
@@ -22,6 +23,9 @@ _START = "http.response.start"
 _BODY = "http.response.body"
 # Set by this process's own server (uvicorn writes the date) or for this hop.
 _NOT_PASSED = HOP_BY_HOP | {"host", "content-length", "date"}
+# The primary answers these at once (a dead-letter replay is the slowest); a hung primary is
+# reported rather than waited for.
+_ANSWER_WITHIN = 60.0
 
 
 def for_primary(path: str) -> bool:
@@ -52,16 +56,20 @@ class PrimaryForwarder:
             target = scope.get("raw_path") or scope["path"].encode()
             if scope["query_string"]:
                 target += b"?" + scope["query_string"]
-            answer = await self._pool.request(
-                scope["method"], target.decode("latin-1"), headers, body or None, self._limit
-            )
-            content = answer.content
-            if content is None:
-                content = b"".join([chunk async for chunk in answer.body])
+            async with asyncio.timeout(_ANSWER_WITHIN):
+                answer = await self._pool.request(
+                    scope["method"], target.decode("latin-1"), headers, body or None, self._limit
+                )
+                content = answer.content
+                if content is None:
+                    content = b"".join([chunk async for chunk in answer.body])
         except APIError as exc:
             status, raw_headers, content = error_reply(exc)
-        except (ConnectError, AnswerError) as exc:
-            log.warning("the primary sidecar did not answer %s %s: %s", scope["method"], scope["path"], exc)
+        except (ConnectError, AnswerError, TimeoutError) as exc:
+            reason = str(exc) or f"no answer within {_ANSWER_WITHIN:g}s"
+            log.warning(
+                "the primary sidecar did not answer %s %s: %s", scope["method"], scope["path"], reason
+            )
             status, raw_headers, content = error_reply(internal())
         else:
             status = answer.status

@@ -173,6 +173,14 @@ def forwarded_request_headers(raw: list[tuple[bytes, bytes]], drop_token: bool) 
     return kept
 
 
+def header(headers: Headers, name: str) -> str | None:
+    """The first value of ``name`` (lower case) in ``headers``, whatever their case."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
 def forwarded_response_headers(raw: Headers) -> Headers:
     return [(n, v) for n, v in raw if n.lower() not in HOP_BY_HOP]
 

@@ -30,6 +30,7 @@ from runtime.invocation.calls import (
     Reply,
     Unavailable,
     forwarded_response_headers,
+    header,
 )
 from runtime.invocation.http1 import Answer, AnswerError, ConnectError, ConnectionPool
 from runtime.invocation.mtls import Identity, peer_identity
@@ -84,7 +85,7 @@ class PeerClient:
             raise Unavailable(str(exc)) from None
         except AnswerError as exc:
             raise PeerRefused(500, f"rpc error: code = Unavailable desc = {exc}") from None
-        refused = _header(answer.headers, ERROR_HEADER)
+        refused = header(answer.headers, ERROR_HEADER)
         if refused is not None:
             content = answer.content
             if content is None:
@@ -148,13 +149,6 @@ class AppForwarder:
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 class PeerServer:

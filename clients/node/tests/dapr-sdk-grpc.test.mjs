@@ -2,9 +2,9 @@
 // gRPC API: state, publish, and service invocation (InvokeService) of the sidecar's own app.
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 
-import { collectingLogger, loadDaprSDK } from './npm-cache.mjs';
+import { collectingLogger, failureTracking, loadDaprSDK } from './npm-cache.mjs';
 import { eventually, freePort, PUBSUB, startSidecar, STATE_STORE } from './sidecar.mjs';
 
 const { sdk, version } = loadDaprSDK();
@@ -14,20 +14,7 @@ let sidecar;
 let client;
 let app;
 const logger = collectingLogger();
-let failed = false;
-
-function tracked(fn) {
-  return async (...args) => {
-    try {
-      return await fn(...args);
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  };
-}
-
-const sdkTest = (name, fn) => test(name, tracked(fn));
+const { tracked, sdkTest, failed } = failureTracking();
 
 // The app the invocation tests call: it answers with what it was sent.
 function startApp() {
@@ -66,7 +53,7 @@ after(async () => {
   const sidecarLog = sidecar?.log();
   await sidecar?.stop();
   app?.close();
-  if (failed) console.error(`@dapr/dapr ${version} log:\n${logger.lines.join('\n')}\nsidecar log:\n${sidecarLog}`);
+  if (failed()) console.error(`@dapr/dapr ${version} log:\n${logger.lines.join('\n')}\nsidecar log:\n${sidecarLog}`);
 });
 
 describe('@dapr/dapr over gRPC: state', () => {

@@ -1,8 +1,8 @@
 // The official Dapr JavaScript SDK (@dapr/dapr 3.x, HTTP protocol), unchanged, against Pillion.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 
-import { collectingLogger, loadDaprSDK } from './npm-cache.mjs';
+import { collectingLogger, failureTracking, loadDaprSDK } from './npm-cache.mjs';
 import { eventually, freePort, PUBSUB, secretStore, startSidecar, STATE_STORE } from './sidecar.mjs';
 
 const SECRETS = JSON.stringify({ 'db-password': 'hunter2', smtp: { user: 'mailer' } });
@@ -14,21 +14,7 @@ let sidecar;
 let client;
 let appPort;
 const logger = collectingLogger();
-let failed = false;
-
-/** Marks the run as failed when fn throws, so that the SDK's and the sidecar's logs get printed. */
-function tracked(fn) {
-  return async (...args) => {
-    try {
-      return await fn(...args);
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  };
-}
-
-const sdkTest = (name, fn) => test(name, tracked(fn));
+const { tracked, sdkTest, failed } = failureTracking();
 
 before(tracked(async () => {
   assert.match(version, /^3\./);
@@ -62,7 +48,7 @@ after(async () => {
   await client?.stop();
   const sidecarLog = sidecar?.log();
   await sidecar?.stop();
-  if (failed) console.error(`@dapr/dapr ${version} log:\n${logger.lines.join('\n')}\nsidecar log:\n${sidecarLog}`);
+  if (failed()) console.error(`@dapr/dapr ${version} log:\n${logger.lines.join('\n')}\nsidecar log:\n${sidecarLog}`);
 });
 
 describe(`@dapr/dapr state`, () => {

@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { test } from 'node:test';
 
 import { REPO } from './sidecar.mjs';
 
@@ -40,6 +41,23 @@ export function npmCache(name, packages) {
 export function loadDaprSDK() {
   const { require } = npmCache(`dapr-js-sdk-${SDK_RANGE}`, [`@dapr/dapr@${SDK_RANGE}`]);
   return { sdk: require('@dapr/dapr'), version: require('@dapr/dapr/package.json').version };
+}
+
+/**
+ * SDK tests that note a failure, so that the SDK's and the sidecar's logs get printed at the end:
+ * `tracked(fn)` wraps a hook, `sdkTest(name, fn)` is a tracked test, `failed()` says whether any threw.
+ */
+export function failureTracking() {
+  let failed = false;
+  const tracked = (fn) => async (...args) => {
+    try {
+      return await fn(...args);
+    } catch (error) {
+      failed = true;
+      throw error;
+    }
+  };
+  return { tracked, sdkTest: (name, fn) => test(name, tracked(fn)), failed: () => failed };
 }
 
 /** A logger service for the SDK that keeps its lines, to show them only when a test fails. */
